@@ -1,0 +1,32 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "StreamOtter",
+    products: [
+        // Distinct product names on purpose: SwiftPM builds only one of two products with
+        // the same name. The Makefile/CMake install these as libstreamotter.so.0 and
+        // `streamotter`.
+        .library(name: "streamotter", type: .dynamic, targets: ["StreamOtterC"]),
+        .executable(name: "streamotter-cli", targets: ["StreamOtterCLI"]),
+    ],
+    targets: [
+        .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Small C helpers for C APIs that Swift cannot call directly (variadics, unions).
+        .target(name: "CShim", dependencies: ["CRdKafka", "CUV"]),
+        // Protocol codecs and state machines: no C imports, tested by feeding bytes.
+        .target(name: "StreamOtterCore"),
+        // The engine: loop, net, websocket connections, kafka, gateway.
+        .target(name: "StreamOtter",
+                dependencies: ["StreamOtterCore", "CUV", "CRdKafka", "COpenSSL", "CZlib", "CShim"]),
+        // The C ABI: @_cdecl thunks only.
+        .target(name: "StreamOtterC", dependencies: ["StreamOtter"]),
+        .executableTarget(name: "StreamOtterCLI", dependencies: ["StreamOtter"]),
+        .testTarget(name: "StreamOtterCoreTests", dependencies: ["StreamOtterCore"]),
+        .testTarget(name: "StreamOtterTests", dependencies: ["StreamOtter"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,128 @@
+import StreamOtterCore
+
+/// The engine's configuration: string keys and values, the same keys in a config file, on
+/// the command line (`--set`), and through the C ABI. Keys under `kafka.` go to librdkafka
+/// unchanged (`kafka.producer.` / `kafka.consumer.` for one client only).
+public struct EngineConfig {
+    public var listenHost = "127.0.0.1"
+    public var listenPort = 8080
+    public var reusePort = false
+    /// Properties for both Kafka clients, then for one only.
+    public var kafka: [(String, String)] = []
+    public var kafkaProducer: [(String, String)] = []
+    public var kafkaConsumer: [(String, String)] = []
+    public var embeddedBrokers = 3
+    public var embeddedTopics: [(String, Int32)] = []
+    public var handleSignals = false
+    public var shutdownTimeoutMs: UInt64 = 10_000
+    /// Milliseconds a metadata or offset lookup may take before a subscribe fails.
+    public var kafkaLookupTimeoutMs: Int32 = 10_000
+    var ws = WebSocketSettings()
+    private var idleTimeoutSet = false
+
+    public init() {}
+
+    /// True when no bootstrap servers are configured: the engine starts the embedded broker.
+    public var usesEmbeddedKafka: Bool {
+        !kafka.contains { $0.0 == "bootstrap.servers" || $0.0 == "metadata.broker.list" }
+    }
+
+    public static let knownKeys = [
+        "listen", "reuseport", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
+        "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
+        "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
+        "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
+    ]
+
+    /// Sets one key. Throws ConfigError with a message naming the key on a bad key or value.
+    public mutating func set(_ key: String, _ value: String) throws {
+        func int(_ min: Int, _ max: Int = Int.max) throws -> Int {
+            guard let v = Int(value.trimmingSpaces), v >= min, v <= max else {
+                throw ConfigError("\(key): expected an integer in \(min)...\(max), got '\(value)'")
+            }
+            return v
+        }
+        if key.hasPrefix("kafka.producer.") {
+            kafkaProducer.append((String(key.dropFirst(15)), value)); return
+        }
+        if key.hasPrefix("kafka.consumer.") {
+            kafkaConsumer.append((String(key.dropFirst(15)), value)); return
+        }
+        switch key {
+        case "listen":
+            (listenHost, listenPort) = try EngineConfig.parseHostPort(value)
+        case "reuseport":
+            reusePort = ["1", "true", "yes", "on"].contains(value.lowercased())
+        case "embedded.brokers": embeddedBrokers = try int(1, 16)
+        case "embedded.topics":
+            for part in value.split(separator: ",") where !part.isEmpty {
+                embeddedTopics.append(try EngineConfig.parseTopicSpec(String(part)))
+            }
+        case "shutdown.timeout_ms": shutdownTimeoutMs = UInt64(try int(0))
+        case "kafka.lookup_timeout_ms": kafkaLookupTimeoutMs = Int32(try int(1, Int(Int32.max)))
+        case "ws.max_frame_size": ws.limits.maxFrameSize = try int(126, 1 << 30)
+        case "ws.max_message_size": ws.limits.maxMessageSize = try int(126, 1 << 30)
+        case "ws.handshake_timeout_ms": ws.handshakeTimeoutMs = UInt64(try int(1))
+        case "ws.ping_interval_ms":
+            ws.pingIntervalMs = UInt64(try int(0))
+            if !idleTimeoutSet { ws.idleTimeoutMs = ws.pingIntervalMs == 0 ? 0 : 2 * ws.pingIntervalMs }
+        case "ws.idle_timeout_ms":
+            ws.idleTimeoutMs = UInt64(try int(0)); idleTimeoutSet = true
+        case "ws.close_timeout_ms": ws.closeTimeoutMs = UInt64(try int(1))
+        case "ws.max_buffered_bytes": ws.maxBufferedBytes = try int(1024)
+        case "ws.max_header_bytes": ws.http.maxHeaderBytes = try int(256, 1 << 20)
+        case "ws.max_headers": ws.http.maxHeaderCount = try int(4, 10_000)
+        default:
+            if key.hasPrefix("kafka.") {
+                kafka.append((String(key.dropFirst(6)), value)); return
+            }
+            throw ConfigError("unknown configuration key '\(key)'")
+        }
+    }
+
+    static func parseHostPort(_ s: String) throws -> (String, Int) {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), port >= 0, port <= 65535 else {
+            throw ConfigError("listen: expected HOST:PORT, got '\(s)'")
+        }
+        var host = String(s[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty || host == "*" { host = "0.0.0.0" }
+        if host == "localhost" { host = "127.0.0.1" }
+        return (host, port)
+    }
+
+    static func parseTopicSpec(_ s: String) throws -> (String, Int32) {
+        let parts = s.split(separator: ":")
+        let name = String(parts[0]).trimmingSpaces
+        let n = parts.count > 1 ? Int32(parts[1]) : 1
+        guard !name.isEmpty, let n, n > 0, n <= 10_000, parts.count <= 2 else {
+            throw ConfigError("topic: expected NAME[:PARTITIONS], got '\(s)'")
+        }
+        return (name, n)
+    }
+
+    /// Parses a config file's text: `key = value` lines, `#` comments, blank lines.
+    public static func parseFile(_ text: String) throws -> [(String, String)] {
+        var out: [(String, String)] = []
+        var lineNo = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNo += 1
+            let line = String(raw).trimmingSpaces
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ConfigError("line \(lineNo): expected key = value")
+            }
+            out.append((String(line[..<eq]).trimmingSpaces, String(line[line.index(after: eq)...]).trimmingSpaces))
+        }
+        return out
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}

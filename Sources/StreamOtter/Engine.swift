@@ -1,0 +1,176 @@
+import CRdKafka
+import CShim
+import CUV
+import Glibc
+import StreamOtterCore
+
+/// The StreamOtter engine: one libuv loop on its own thread, the WebSocket gateway on it,
+/// and the Kafka clients whose events are wired into it.
+///
+/// Threading: `start`, `stop`, `wait` and the read-only properties may be called from any
+/// thread; everything the engine owns lives on its loop thread.
+public final class Engine {
+    public let config: EngineConfig
+    let loop = EventLoop()
+    private var embedded: EmbeddedKafka?
+    private var producer: KafkaProducer?
+    private var consumer: KafkaFanoutConsumer?
+    private var server: WebSocketServer?
+    private var gateway: Gateway?
+    private var thread: pthread_t?
+    private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
+    private var stopping = false
+    private var finished = false
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+
+    /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
+    public private(set) var bootstrapServers = ""
+    public var isEmbeddedKafka: Bool { embedded != nil }
+    /// The port the gateway listens on (useful with port 0).
+    public private(set) var port = 0
+    public private(set) var listenAddress = ""
+
+    public init(config: EngineConfig) {
+        self.config = config
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(&mutex)
+        pthread_cond_destroy(&cond)
+    }
+
+    /// Sets up Kafka and the listener, then runs the loop on a new thread. Throws (and
+    /// leaves nothing running) when Kafka clients cannot be created or the port cannot be
+    /// bound.
+    public func start() throws {
+        cshim_ignore_sigpipe()
+        try setUp()
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            let me = Unmanaged<Engine>.fromOpaque(arg!).takeRetainedValue()
+            me.loop.run()
+            me.tearDown()
+            return nil
+        }, box)
+        if rc != 0 {
+            Unmanaged<Engine>.fromOpaque(box).release()
+            throw ConfigError("cannot start the engine thread: \(String(cString: strerror(rc)))")
+        }
+        thread = t
+    }
+
+    private func setUp() throws {
+        var cfg = config
+        if cfg.usesEmbeddedKafka {
+            let e = try EmbeddedKafka(brokers: cfg.embeddedBrokers)
+            embedded = e
+            for (name, n) in cfg.embeddedTopics { try e.createTopic(name, partitions: n) }
+            cfg.kafka.insert(("bootstrap.servers", e.bootstrapServers), at: 0)
+        }
+        bootstrapServers = cfg.kafka.last { $0.0 == "bootstrap.servers" || $0.0 == "metadata.broker.list" }?.1 ?? ""
+        do {
+            let p = try KafkaProducer(loop: loop, props: cfg.kafka + cfg.kafkaProducer)
+            producer = p
+            let c = try KafkaFanoutConsumer(loop: loop, props: cfg.kafka + cfg.kafkaConsumer)
+            consumer = c
+            let s = WebSocketServer(loop: loop, settings: cfg.ws)
+            server = s
+            let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
+            g.kafkaDescription = embedded != nil ? "embedded" : "external"
+            gateway = g
+            s.delegate = g
+            try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)
+            port = s.port
+            listenAddress = s.boundAddress
+        } catch {
+            tearDown()
+            loop.close()
+            throw error
+        }
+        if cfg.handleSignals {
+            for sig in [SIGINT, SIGTERM] {
+                let h = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
+                uv_signal_init(loop.uv, h)
+                h.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+                uv_signal_start(h, { h, signum in
+                    guard let h, let d = h.pointee.data else { return }
+                    let me = Unmanaged<Engine>.fromOpaque(d).takeUnretainedValue()
+                    Log.event("info", "signal", ["signal": signum == SIGINT ? "SIGINT" : "SIGTERM"])
+                    me.beginStop()
+                }, sig)
+                uv_unref(rawHandle(h))
+                signals.append(h)
+            }
+        }
+        Log.event("info", "engine_started", ["listen": listenAddress, "kafka": bootstrapServers, "embedded": embedded != nil ? "true" : "false"])
+    }
+
+    /// Graceful stop: stop accepting, answer in-flight publishes (up to the shutdown
+    /// timeout), close every socket with 1001, flush the producer, end the loop. Any thread;
+    /// returns at once (use `wait`).
+    public func stop() {
+        loop.post { [weak self] in self?.beginStop() }
+    }
+
+    /// Blocks until the engine thread has ended.
+    public func wait() {
+        if let t = thread {
+            pthread_join(t, nil)
+            thread = nil
+        }
+    }
+
+    private func beginStop() {
+        guard !stopping, let gateway, let server, let producer else { return }
+        stopping = true
+        gateway.shuttingDown = true
+        server.stopListening()
+        let started = loopNowMs(loop)
+        let timer = LoopTimer(loop: loop)
+        var phase = 0
+        timer.start(afterMs: 0, repeatMs: 5) { [unowned self] in
+            let now = loopNowMs(self.loop)
+            if phase == 0 {
+                // Publishes already handed to Kafka get their ack or error first.
+                if gateway.inFlightPublishes == 0 && producer.outstanding == 0 || now - started > self.config.shutdownTimeoutMs {
+                    phase = 1
+                    server.closeAll(code: 1001, reason: "server shutting down")
+                }
+            } else if server.connections.isEmpty || now - started > self.config.shutdownTimeoutMs + server.settings.closeTimeoutMs + 500 {
+                timer.close()
+                server.shutdown()
+                for h in self.signals {
+                    uv_close(rawHandle(h)) { h in h?.deallocate() }
+                }
+                self.signals.removeAll()
+                self.loop.stop()
+            }
+        }
+    }
+
+    private func tearDown() {
+        if let p = producer {
+            let remaining = rd_kafka_flush(p.rk, Int32(min(config.shutdownTimeoutMs, 30_000)))
+            if remaining != RD_KAFKA_RESP_ERR_NO_ERROR {
+                Log.event("warn", "producer_flush_incomplete", ["outstanding": String(p.outstanding)])
+            }
+        }
+        consumer?.close()
+        consumer = nil
+        producer?.close()
+        producer = nil
+        gateway = nil
+        server = nil
+        embedded?.close()
+        embedded = nil
+        if thread != nil || finished == false {
+            loop.close()
+        }
+        finished = true
+        Log.event("info", "engine_stopped")
+    }
+}

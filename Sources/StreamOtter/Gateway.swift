@@ -1,0 +1,432 @@
+import CRdKafka
+import Glibc
+import StreamOtterCore
+
+/// A topic-partition key.
+struct TopicPartition: Hashable {
+    let topic: String
+    let partition: Int32
+}
+
+/// One channel subscribed by one connection: the next offset it needs per partition.
+final class ChannelSubscription {
+    let channel: String
+    unowned let connection: WebSocketConnection
+    var next: [Int32: Int64] = [:]
+    var feeds: [PartitionFeed] = []
+    init(channel: String, connection: WebSocketConnection) {
+        self.channel = channel
+        self.connection = connection
+    }
+}
+
+/// Gateway state of one connection.
+final class Session {
+    var subscriptions: [String: ChannelSubscription] = [:]
+    /// Channels with a subscribe being resolved (metadata, offsets) on a worker thread.
+    var pending: Set<String> = []
+    var closed = false
+}
+
+/// One consumption of a topic-partition, shared by every subscriber on the engine.
+///
+/// `position` is the next offset the fetcher delivers. A subscriber that needs history
+/// from before `position` moves the fetcher back (a synchronous seek, so nothing fetched
+/// for the old position arrives later); every subscriber skips offsets below its own next
+/// offset, so nobody sees a duplicate or a gap at the seam.
+final class PartitionFeed {
+    let tp: TopicPartition
+    var subscribers: [ChannelSubscription] = []
+    var position: Int64 = 0
+    var assigned = false
+    init(_ tp: TopicPartition) { self.tp = tp }
+}
+
+/// The `streamotter.v1` protocol over WebSocket connections, bridged to Kafka.
+/// Loop thread only.
+final class Gateway: WebSocketServerDelegate {
+    let loop: EventLoop
+    let server: WebSocketServer
+    let producer: KafkaProducer
+    let consumer: KafkaFanoutConsumer
+    let config: EngineConfig
+    private var feeds: [TopicPartition: PartitionFeed] = [:]
+    private var pendingPublishes: [UInt64: PendingPublish] = [:]
+    private var nextToken: UInt64 = 1
+    private var scratch: [UInt8] = []
+    var shuttingDown = false
+    var kafkaDescription = ""
+    let startedAt = loopStartTime()
+
+    struct PendingPublish {
+        let connection: UInt64
+        let id: String?
+        let channel: String
+    }
+
+    init(loop: EventLoop, server: WebSocketServer, producer: KafkaProducer, consumer: KafkaFanoutConsumer, config: EngineConfig) {
+        self.loop = loop
+        self.server = server
+        self.producer = producer
+        self.consumer = consumer
+        self.config = config
+        scratch.reserveCapacity(4096)
+        producer.onDelivery = { [unowned self] token, err, partition, offset in
+            self.delivered(token: token, err: err, partition: partition, offset: offset)
+        }
+        producer.onError = { err, fatal in
+            Log.event(fatal ? "error" : "warn", "kafka_producer_error", ["error": err.description, "fatal": fatal ? "true" : "false"])
+        }
+        consumer.onMessage = { [unowned self] m in self.consumed(m) }
+    }
+
+    var inFlightPublishes: Int { pendingPublishes.count }
+
+    // MARK: HTTP
+
+    func httpResponse(for request: HTTPRequest) -> (Int, String, String) {
+        guard request.method == "GET" || request.method == "HEAD" else {
+            return (405, "text/plain; charset=utf-8", "method not allowed\n")
+        }
+        switch request.path {
+        case "/healthz":
+            let body = "{\"status\":\"\(shuttingDown ? "stopping" : "ok")\",\"connections\":\(server.connections.count),\"kafka\":\"\(kafkaDescription)\"}\n"
+            return (shuttingDown ? 503 : 200, "application/json", body)
+        case "/metrics":
+            return (200, "text/plain; version=0.0.4", metricsText())
+        default:
+            return (404, "text/plain; charset=utf-8", "not found: use a WebSocket upgrade (subprotocol streamotter.v1), /healthz or /metrics\n")
+        }
+    }
+
+    private func metricsText() -> String {
+        let m = server.metrics
+        var s = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) {
+            s += "# HELP streamotter_\(name) \(help)\n# TYPE streamotter_\(name) \(type)\nstreamotter_\(name) \(v)\n"
+        }
+        metric("connections_open", "gauge", "Open WebSocket connections.", UInt64(server.connections.count))
+        metric("connections_opened_total", "counter", "WebSocket connections opened.", m.connectionsOpened)
+        metric("messages_in_total", "counter", "WebSocket messages received.", m.messagesIn)
+        metric("messages_out_total", "counter", "Protocol messages queued to clients.", m.messagesOut)
+        metric("bytes_in_total", "counter", "Bytes received from clients.", m.bytesIn)
+        metric("protocol_errors_total", "counter", "Connections failed for WebSocket protocol violations.", m.protocolErrors)
+        metric("http_errors_total", "counter", "HTTP requests refused.", m.httpErrors)
+        metric("handshake_timeouts_total", "counter", "Handshakes that timed out.", m.handshakeTimeouts)
+        metric("publishes_total", "counter", "Publish requests handed to Kafka.", m.publishes)
+        metric("publish_acks_total", "counter", "Publishes acknowledged by Kafka.", m.acks)
+        metric("publish_failures_total", "counter", "Publishes that failed.", m.publishFailures)
+        metric("publishes_in_flight", "gauge", "Publishes waiting for Kafka.", UInt64(pendingPublishes.count))
+        metric("deliveries_total", "counter", "Kafka records delivered to subscribers.", m.deliveries)
+        metric("slow_consumer_closes_total", "counter", "Connections closed for exceeding their outbound buffer bound.", m.slowConsumerCloses)
+        metric("partition_feeds", "gauge", "Topic-partitions consumed.", UInt64(feeds.count))
+        return s
+    }
+
+    // MARK: connections
+
+    func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {
+        c.session = Session()
+    }
+
+    func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String) {
+        guard let s = c.session as? Session else { return }
+        s.closed = true
+        for sub in s.subscriptions.values { detach(sub) }
+        s.subscriptions.removeAll()
+        c.session = nil
+    }
+
+    func connectionDrained(_ c: WebSocketConnection) {}
+
+    func connectionBinary(_ c: WebSocketConnection, _ message: [UInt8]) {
+        reply(c, ServerFrames.error(id: nil, code: "unsupported", message: "binary frames are not supported by streamotter.v1; send JSON text frames"))
+    }
+
+    private func reply(_ c: WebSocketConnection, _ payload: [UInt8]) {
+        server.metrics.messagesOut += 1
+        if c.sendText(payload) == .overBound { slowConsumer(c) }
+    }
+
+    private func slowConsumer(_ c: WebSocketConnection) {
+        guard c.isOpen else { return }
+        server.metrics.slowConsumerCloses += 1
+        Log.event("warn", "slow_consumer_closed", ["conn": String(c.id), "peer": c.peer, "queued_bytes": String(c.queuedBytes)])
+        c.fail(code: 1008, reason: "outbound buffer bound exceeded")
+    }
+
+    func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
+        let request: ClientRequest
+        do {
+            request = try message.withUnsafeBytes { try ProtocolParser.parse($0) }
+        } catch let e as ProtocolError {
+            reply(c, ServerFrames.error(id: e.id, code: e.code, message: e.message))
+            return
+        } catch {
+            reply(c, ServerFrames.error(id: nil, code: "bad_request", message: "\(error)"))
+            return
+        }
+        guard let session = c.session as? Session else { return }
+        switch request {
+        case .publish(let id, let channel, let key, let headers, let value):
+            publish(c, id: id, channel: channel, key: key, headers: headers, value: value)
+        case .subscribe(let id, let channel, let from):
+            subscribe(c, session, id: id, channel: channel, from: from)
+        case .unsubscribe(let id, let channel):
+            guard let sub = session.subscriptions.removeValue(forKey: channel) else {
+                let code = session.pending.contains(channel) ? "not_subscribed" : "not_subscribed"
+                reply(c, ServerFrames.error(id: id, code: code, message: "not subscribed to channel '\(channel)'"))
+                return
+            }
+            detach(sub)
+            reply(c, ServerFrames.ok(id: id))
+        }
+    }
+
+    // MARK: publish
+
+    private func publish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?, headers: [(String, [UInt8])], value: [UInt8]) {
+        if shuttingDown {
+            reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
+            return
+        }
+        let token = nextToken
+        nextToken += 1
+        let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token)
+        if rc != RD_KAFKA_RESP_ERR_NO_ERROR {
+            server.metrics.publishFailures += 1
+            let code = rc == RD_KAFKA_RESP_ERR__QUEUE_FULL ? "overloaded" : "publish_failed"
+            reply(c, ServerFrames.error(id: id, code: code, message: "kafka: \(KafkaError(rc).description)"))
+            return
+        }
+        server.metrics.publishes += 1
+        pendingPublishes[token] = PendingPublish(connection: c.id, id: id, channel: channel)
+    }
+
+    private func delivered(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
+        guard let p = pendingPublishes.removeValue(forKey: token) else { return }
+        if err == RD_KAFKA_RESP_ERR_NO_ERROR { server.metrics.acks += 1 } else { server.metrics.publishFailures += 1 }
+        guard let c = server.connections[p.connection], c.isOpen else { return }
+        if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            reply(c, ServerFrames.ack(id: p.id, channel: p.channel, partition: partition, offset: offset))
+        } else {
+            reply(c, ServerFrames.error(id: p.id, code: "publish_failed", message: "kafka: \(KafkaError(err).description)"))
+        }
+    }
+
+    // MARK: subscribe
+
+    private struct Plan {
+        var start: [Int32: Int64] = [:]
+        var latest = false
+    }
+
+    private func subscribe(_ c: WebSocketConnection, _ session: Session, id: String?, channel: String, from: StartPosition) {
+        if shuttingDown {
+            reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down"))
+            return
+        }
+        if session.subscriptions[channel] != nil || session.pending.contains(channel) {
+            reply(c, ServerFrames.error(id: id, code: "already_subscribed", message: "already subscribed to channel '\(channel)'; unsubscribe first"))
+            return
+        }
+        session.pending.insert(channel)
+        let consumer = self.consumer
+        let timeout = config.kafkaLookupTimeoutMs
+        loop.runBlocking({ () -> Result<Plan, ProtocolError> in
+            Gateway.resolve(consumer: consumer, id: id, topic: channel, from: from, timeoutMs: timeout)
+        }, then: { [weak self, weak c] result in
+            guard let self, let c else { return }
+            session.pending.remove(channel)
+            guard !session.closed, c.isOpen else { return }
+            switch result {
+            case .failure(let e):
+                self.reply(c, ServerFrames.error(id: id, code: e.code, message: e.message))
+            case .success(let plan):
+                self.attach(c, session, channel: channel, plan: plan)
+                self.reply(c, ServerFrames.ok(id: id))
+            }
+        })
+    }
+
+    /// Looks up partitions and start offsets. Runs on a worker thread (blocking calls).
+    private static func resolve(consumer: KafkaFanoutConsumer, id: String?, topic: String, from: StartPosition, timeoutMs: Int32) -> Result<Plan, ProtocolError> {
+        let count: Int32
+        switch consumer.partitionCount(topic: topic, timeoutMs: timeoutMs) {
+        case .success(let n): count = n
+        case .failure(let e):
+            if e.code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e.code == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC {
+                return .failure(ProtocolError(code: "unknown_channel", message: "channel '\(topic)' does not exist", id: id))
+            }
+            return .failure(ProtocolError(code: "kafka_unavailable", message: "metadata for '\(topic)': \(e)", id: id))
+        }
+        var marks: [Int32: (Int64, Int64)] = [:]
+        for p in 0..<count {
+            switch consumer.watermarks(topic: topic, partition: p, timeoutMs: timeoutMs) {
+            case .success(let w): marks[p] = w
+            case .failure(let e):
+                return .failure(ProtocolError(code: "kafka_unavailable", message: "offsets of \(topic)/\(p): \(e)", id: id))
+            }
+        }
+        var plan = Plan()
+        switch from {
+        case .latest:
+            plan.latest = true
+            for p in 0..<count { plan.start[p] = marks[p]!.1 }
+        case .earliest:
+            for p in 0..<count { plan.start[p] = marks[p]!.0 }
+        case .offsets(let given):
+            for (p, o) in given where p < 0 || p >= count {
+                return .failure(ProtocolError(code: "invalid_from", message: "channel '\(topic)' has no partition \(p) (it has \(count)); offset \(o) cannot apply", id: id))
+            }
+            for p in 0..<count {
+                let (lo, hi) = marks[p]!
+                if let o = given[p] {
+                    if o < lo || o > hi {
+                        return .failure(ProtocolError(code: "offset_out_of_range",
+                            message: "partition \(p): offset \(o) is outside the available range \(lo)..\(hi)", id: id))
+                    }
+                    plan.start[p] = o
+                } else {
+                    plan.start[p] = hi
+                }
+            }
+        case .timestamp(let ts):
+            switch consumer.offsetsForTime(topic: topic, partitions: count, timestampMs: ts, timeoutMs: timeoutMs) {
+            case .success(let offs):
+                for p in 0..<count {
+                    let o = offs[p] ?? -1
+                    plan.start[p] = o < 0 ? marks[p]!.1 : o
+                }
+            case .failure(let e):
+                return .failure(ProtocolError(code: "kafka_unavailable", message: "offsets for time: \(e)", id: id))
+            }
+        }
+        return .success(plan)
+    }
+
+    private func attach(_ c: WebSocketConnection, _ session: Session, channel: String, plan: Plan) {
+        let sub = ChannelSubscription(channel: channel, connection: c)
+        for (p, start) in plan.start.sorted(by: { $0.key < $1.key }) {
+            let tp = TopicPartition(topic: channel, partition: p)
+            let feed = feeds[tp] ?? {
+                let f = PartitionFeed(tp)
+                feeds[tp] = f
+                return f
+            }()
+            if !feed.assigned {
+                if let e = consumer.assign(topic: channel, partition: p, offset: start) {
+                    Log.event("error", "kafka_assign_failed", ["topic": channel, "partition": String(p), "error": e.description])
+                }
+                feed.assigned = true
+                feed.position = start
+                sub.next[p] = start
+            } else if plan.latest {
+                sub.next[p] = max(start, feed.position)
+            } else {
+                if start < feed.position {
+                    if let e = consumer.seek(topic: channel, partition: p, offset: start) {
+                        Log.event("error", "kafka_seek_failed", ["topic": channel, "partition": String(p), "error": e.description])
+                    }
+                    feed.position = start
+                }
+                sub.next[p] = start
+            }
+            feed.subscribers.append(sub)
+            sub.feeds.append(feed)
+        }
+        session.subscriptions[channel] = sub
+    }
+
+    private func detach(_ sub: ChannelSubscription) {
+        for feed in sub.feeds {
+            feed.subscribers.removeAll { $0 === sub }
+            if feed.subscribers.isEmpty {
+                consumer.unassign(topic: feed.tp.topic, partition: feed.tp.partition)
+                feeds.removeValue(forKey: feed.tp)
+            }
+        }
+        sub.feeds.removeAll()
+    }
+
+    // MARK: fan-out
+
+    private var lastTopicPtr: OpaquePointer?
+    private var lastTopicName = ""
+
+    private func consumed(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
+        let msg = m.pointee
+        let topic: String
+        if let rkt = msg.rkt {
+            if rkt == lastTopicPtr { topic = lastTopicName } else {
+                topic = String(cString: rd_kafka_topic_name(rkt))
+                lastTopicPtr = rkt
+                lastTopicName = topic
+            }
+        } else { topic = "" }
+        if msg.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            consumerError(topic: topic, partition: msg.partition, err: msg.err, m)
+            return
+        }
+        let tp = TopicPartition(topic: topic, partition: msg.partition)
+        guard let feed = feeds[tp] else { return }
+        let offset = msg.offset
+        feed.position = offset + 1
+        var frame: OutBuffer?
+        for sub in feed.subscribers {
+            guard offset >= sub.next[msg.partition] ?? Int64.max else { continue }
+            sub.next[msg.partition] = offset + 1
+            if frame == nil { frame = encodeMessage(m, topic: topic) }
+            server.metrics.deliveries += 1
+            server.metrics.messagesOut += 1
+            if sub.connection.sendShared(frame!) == .overBound { slowConsumer(sub.connection) }
+        }
+    }
+
+    /// Encodes the `message` frame once; every subscriber shares the bytes.
+    private func encodeMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) -> OutBuffer {
+        let msg = m.pointee
+        var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let ts = rd_kafka_message_timestamp(m, &tstype)
+        var headers: [(String, UnsafeRawBufferPointer?)] = []
+        var hdrs: OpaquePointer?
+        if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+            var i = 0
+            var name: UnsafePointer<CChar>?
+            var val: UnsafeRawPointer?
+            var size = 0
+            while rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                headers.append((name.map { String(cString: $0) } ?? "", val.map { UnsafeRawBufferPointer(start: $0, count: size) }))
+                i += 1
+            }
+        }
+        let key = msg.key.map { UnsafeRawBufferPointer(start: $0, count: msg.key_len) }
+        let value = msg.payload.map { UnsafeRawBufferPointer(start: $0, count: msg.len) }
+        scratch.removeAll(keepingCapacity: true)
+        ServerFrames.message(channel: topic, partition: msg.partition, offset: msg.offset, timestamp: ts,
+                             key: key, headers: headers, value: value, into: &scratch)
+        return scratch.withUnsafeBytes { WebSocketConnection.encodeFrame(.text, $0) }
+    }
+
+    private func consumerError(topic: String, partition: Int32, err: rd_kafka_resp_err_t, _ m: UnsafeMutablePointer<rd_kafka_message_t>) {
+        let text = rd_kafka_message_errstr(m).map { String(cString: $0) } ?? KafkaError(err).message
+        Log.event("warn", "kafka_consumer_error", ["topic": topic, "partition": String(partition), "error": "\(KafkaError(err).name): \(text)"])
+        // A position that can no longer be served: say so to every subscriber of it,
+        // then continue from the earliest available offset (never a silent jump).
+        guard err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE,
+              let feed = feeds[TopicPartition(topic: topic, partition: partition)] else { return }
+        for sub in feed.subscribers {
+            reply(sub.connection, ServerFrames.error(id: nil, code: "offset_out_of_range",
+                message: "channel '\(topic)' partition \(partition): position \(sub.next[partition] ?? -1) is no longer available; continuing from the earliest available offset"))
+            sub.next[partition] = 0
+        }
+        _ = consumer.seek(topic: topic, partition: partition, offset: Int64(RD_KAFKA_OFFSET_BEGINNING))
+        feed.position = 0
+    }
+}
+
+func loopStartTime() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+}

@@ -1,0 +1,316 @@
+import CShim
+import CUV
+import Glibc
+
+/// Bytes allocated once and shared by every socket that writes them (a broadcast frame is
+/// encoded once). Freed when the last writer is done.
+final class OutBuffer {
+    let base: UnsafeMutableRawPointer
+    let count: Int
+
+    init(capacity: Int) {
+        base = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1), alignment: 16)
+        count = capacity
+    }
+
+    convenience init(_ bytes: [UInt8]) {
+        self.init(capacity: bytes.count)
+        bytes.withUnsafeBytes { src in
+            if let s = src.baseAddress { base.copyMemory(from: s, byteCount: bytes.count) }
+        }
+    }
+
+    deinit { base.deallocate() }
+}
+
+protocol TCPStreamDelegate: AnyObject {
+    /// Bytes read; valid for the duration of the call only.
+    func streamDidRead(_ stream: TCPStream, _ bytes: UnsafeRawBufferPointer)
+    /// The peer closed (EOF) or a read/write error happened; the stream closes itself next.
+    func streamDidEnd(_ stream: TCPStream, error: Int32)
+    /// The handle is closed; no callback follows.
+    func streamDidClose(_ stream: TCPStream)
+    /// Queued bytes dropped to or below the low-water mark after being above it.
+    func streamDidDrain(_ stream: TCPStream)
+}
+
+/// One TCP socket on the loop: pooled reads, writes coalesced into one uv_write per turn.
+/// Loop thread only.
+final class TCPStream: TurnFlushable {
+    let loop: EventLoop
+    let handle: UnsafeMutablePointer<uv_tcp_t>
+    weak var delegate: TCPStreamDelegate?
+    private var pending: [(OutBuffer, Int, Int)] = []   // buffer, offset, length
+    private var pendingMarked = false
+    /// Bytes accepted by `write` and not yet written to the kernel.
+    private(set) var queuedBytes = 0
+    private var writesInFlight = 0
+    private(set) var isClosing = false
+    private var closeWhenFlushed = false
+    private(set) var reading = false
+    /// After our last byte is written and FIN sent, input is read and discarded until the
+    /// peer's EOF, so the kernel never answers unread input with a reset that could destroy
+    /// our final frame before the peer reads it.
+    private(set) var discarding = false
+    var lowWater = 0
+    private var wantDrain = false
+    let peer: String
+
+    init(loop: EventLoop, accepting server: UnsafeMutablePointer<uv_tcp_t>) throws {
+        self.loop = loop
+        let handle = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
+        self.handle = handle
+        uv_tcp_init(loop.uv, handle)
+        let rc = uv_accept(rawStream(server), rawStream(handle))
+        if rc != 0 {
+            uv_close(rawHandle(handle)) { h in h?.deallocate() }
+            throw UVError(rc)
+        }
+        uv_tcp_nodelay(handle, 1)
+        var ss = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        peer = withUnsafeMutablePointer(to: &ss) { p -> String in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
+                uv_tcp_getpeername(handle, sp, &len) == 0 ? formatAddress(sp) : "?"
+            }
+        }
+        // The handle holds a strong reference to self until its close callback.
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    static func from(_ h: UnsafeMutableRawPointer?) -> TCPStream? {
+        guard let h else { return nil }
+        let hp = h.assumingMemoryBound(to: uv_handle_t.self)
+        guard let d = hp.pointee.data else { return nil }
+        return Unmanaged<TCPStream>.fromOpaque(d).takeUnretainedValue()
+    }
+
+    func startReading() {
+        guard !reading, !isClosing else { return }
+        reading = true
+        uv_read_start(rawStream(handle), { h, suggested, buf in
+            guard let h, let buf, let ld = h.pointee.loop.pointee.data else { return }
+            let pool = Unmanaged<ReadPool>.fromOpaque(ld).takeUnretainedValue()
+            buf.pointee = uv_buf_init(pool.base.assumingMemoryBound(to: CChar.self), UInt32(pool.size))
+        }, { s, nread, buf in
+            guard let s, let me = TCPStream.from(UnsafeMutableRawPointer(s)) else { return }
+            if nread > 0, let base = buf?.pointee.base {
+                if me.discarding { return }
+                me.delegate?.streamDidRead(me, UnsafeRawBufferPointer(start: base, count: nread))
+            } else if nread < 0 {
+                me.reading = false
+                uv_read_stop(s)
+                if !me.discarding { me.delegate?.streamDidEnd(me, error: Int32(nread)) }
+                me.close()
+            }
+        })
+    }
+
+    func stopReading() {
+        guard reading else { return }
+        reading = false
+        uv_read_stop(rawStream(handle))
+    }
+
+    /// Queues bytes; they go out in one uv_write with everything else queued this turn.
+    func write(_ buf: OutBuffer, offset: Int = 0, length: Int? = nil) {
+        guard !isClosing else { return }
+        let n = length ?? (buf.count - offset)
+        if n <= 0 { return }
+        pending.append((buf, offset, n))
+        queuedBytes += n
+        if !pendingMarked {
+            pendingMarked = true
+            loop.markDirty(self)
+        }
+    }
+
+    func write(_ bytes: [UInt8]) { write(OutBuffer(bytes)) }
+
+    /// Asks for a `streamDidDrain` once queued bytes fall to `lowWater`.
+    func requestDrainNotification() { wantDrain = true }
+
+    final class WriteReq {
+        let bufs: [(OutBuffer, Int, Int)]
+        let stream: TCPStream
+        let bytes: Int
+        init(_ b: [(OutBuffer, Int, Int)], _ s: TCPStream, _ n: Int) { bufs = b; stream = s; bytes = n }
+    }
+
+    func flushTurn() {
+        pendingMarked = false
+        guard !pending.isEmpty, !isClosing else { return }
+        let batch = pending
+        pending.removeAll(keepingCapacity: true)
+        var total = 0
+        var uvbufs = [uv_buf_t]()
+        uvbufs.reserveCapacity(batch.count)
+        for (b, off, n) in batch {
+            uvbufs.append(uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(n)))
+            total += n
+        }
+        let req = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
+        req.pointee.data = Unmanaged.passRetained(WriteReq(batch, self, total)).toOpaque()
+        writesInFlight += 1
+        let rc = uvbufs.withUnsafeBufferPointer { p in
+            uv_write(req, rawStream(handle), p.baseAddress, UInt32(p.count)) { r, status in
+                guard let r, let d = r.pointee.data else { return }
+                let wr = Unmanaged<WriteReq>.fromOpaque(d).takeRetainedValue()
+                r.deallocate()
+                wr.stream.writeDone(wr.bytes, status: status)
+            }
+        }
+        if rc != 0 {
+            Unmanaged<WriteReq>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            writeDone(total, status: rc)
+        }
+    }
+
+    private func writeDone(_ n: Int, status: Int32) {
+        writesInFlight -= 1
+        queuedBytes -= n
+        if status != 0 && !isClosing {
+            delegate?.streamDidEnd(self, error: status)
+            close()
+            return
+        }
+        if wantDrain && queuedBytes <= lowWater && !isClosing {
+            wantDrain = false
+            delegate?.streamDidDrain(self)
+        }
+        if closeWhenFlushed && writesInFlight == 0 && pending.isEmpty { shutdownAndLinger() }
+    }
+
+    /// Sends everything queued, then FIN, then discards input until the peer's EOF (the
+    /// owner closes the stream at its deadline if the peer never sends it).
+    func closeAfterWrites() {
+        guard !isClosing, !closeWhenFlushed else { return }
+        closeWhenFlushed = true
+        discarding = true
+        if !reading { startReading() }
+        if pending.isEmpty && writesInFlight == 0 { shutdownAndLinger() }
+    }
+
+    private var shutdownSent = false
+    private func shutdownAndLinger() {
+        guard !shutdownSent, !isClosing else { return }
+        shutdownSent = true
+        let req = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let rc = uv_shutdown(req, rawStream(handle)) { r, _ in r?.deallocate() }
+        if rc != 0 {
+            req.deallocate()
+            close()
+        }
+    }
+
+    /// Closes now; queued bytes are dropped.
+    func close() {
+        guard !isClosing else { return }
+        isClosing = true
+        pending.removeAll()
+        uv_close(rawHandle(handle)) { h in
+            guard let h, let d = h.pointee.data else { return }
+            let me = Unmanaged<TCPStream>.fromOpaque(d).takeRetainedValue()
+            h.pointee.data = nil
+            me.delegate?.streamDidClose(me)
+            h.deallocate()
+        }
+    }
+}
+
+/// The loop-wide read buffer: libuv hands it to one read callback at a time.
+final class ReadPool {
+    let size = 65536
+    let base = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+    deinit { base.deallocate() }
+}
+
+struct UVError: Error, CustomStringConvertible {
+    let code: Int32
+    init(_ c: Int32) { code = c }
+    var description: String { String(cString: uv_strerror(code)) }
+}
+
+func formatAddress(_ sa: UnsafePointer<sockaddr>) -> String {
+    var buf = [CChar](repeating: 0, count: 64)
+    if sa.pointee.sa_family == sa_family_t(AF_INET) {
+        return sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+            uv_ip4_name(p, &buf, buf.count)
+            return String(cString: buf) + ":" + String(UInt16(bigEndian: p.pointee.sin_port))
+        }
+    } else if sa.pointee.sa_family == sa_family_t(AF_INET6) {
+        return sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+            uv_ip6_name(p, &buf, buf.count)
+            return "[" + String(cString: buf) + "]:" + String(UInt16(bigEndian: p.pointee.sin6_port))
+        }
+    }
+    return "?"
+}
+
+/// A listening TCP socket. Loop thread only.
+final class TCPListener {
+    let loop: EventLoop
+    let handle: UnsafeMutablePointer<uv_tcp_t>
+    private var onConnection: ((TCPListener) -> Void)?
+    private(set) var boundAddress = ""
+    private(set) var port: Int = 0
+
+    init(loop: EventLoop, host: String, port: Int, reusePort: Bool, backlog: Int32 = 1024,
+         onConnection: @escaping (TCPListener) -> Void) throws {
+        self.loop = loop
+        self.onConnection = onConnection
+        handle = .allocate(capacity: 1)
+        uv_tcp_init_ex(loop.uv, handle, UInt32(host.contains(":") ? AF_INET6 : AF_INET))
+        var ss = sockaddr_storage()
+        var rc: Int32 = withUnsafeMutablePointer(to: &ss) { p in
+            if host.contains(":") {
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(host, Int32(port), $0) }
+            }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(host, Int32(port), $0) }
+        }
+        if rc == 0 && reusePort {
+            var fd: uv_os_fd_t = -1
+            uv_fileno(rawHandle(handle), &fd)
+            _ = cshim_set_reuseport(fd)
+        }
+        if rc == 0 {
+            rc = withUnsafePointer(to: &ss) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_bind(handle, $0, 0) }
+            }
+        }
+        handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        if rc == 0 {
+            rc = uv_listen(rawStream(handle), backlog) { s, status in
+                guard let s, status == 0, let d = s.pointee.data else { return }
+                let me = Unmanaged<TCPListener>.fromOpaque(d).takeUnretainedValue()
+                me.onConnection?(me)
+            }
+        }
+        if rc != 0 {
+            handle.pointee.data = nil
+            uv_close(rawHandle(handle)) { h in h?.deallocate() }
+            throw UVError(rc)
+        }
+        var bound = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutablePointer(to: &bound) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
+                if uv_tcp_getsockname(handle, sp, &len) == 0 {
+                    boundAddress = formatAddress(sp)
+                    if sp.pointee.sa_family == sa_family_t(AF_INET) {
+                        self.port = Int(sp.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) })
+                    } else {
+                        self.port = Int(sp.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) })
+                    }
+                }
+            }
+        }
+    }
+
+    func close() {
+        onConnection = nil
+        handle.pointee.data = nil
+        uv_close(rawHandle(handle)) { h in h?.deallocate() }
+    }
+}

@@ -1,0 +1,438 @@
+import CUV
+import Glibc
+import StreamOtterCore
+
+/// Limits and timers of the WebSocket server.
+struct WebSocketSettings {
+    var limits = WSLimits(maxFrameSize: 1 << 20, maxMessageSize: 1 << 20, requireMasked: true)
+    var http = HTTPLimits()
+    var handshakeTimeoutMs: UInt64 = 10_000
+    var pingIntervalMs: UInt64 = 30_000
+    var idleTimeoutMs: UInt64 = 60_000
+    var closeTimeoutMs: UInt64 = 2_000
+    var maxBufferedBytes = 16 << 20
+    var subprotocols = ["streamotter.v1"]
+}
+
+/// Result of queueing an outbound message.
+enum SendStatus {
+    case ok
+    /// Queued, but the connection's outbound bytes exceed its bound.
+    case overBound
+    /// Not queued: the connection is closing or closed.
+    case dropped
+}
+
+/// What the server hands up to the layer above (the gateway). Loop thread only.
+protocol WebSocketServerDelegate: AnyObject {
+    /// A plain HTTP request (not an upgrade): return status, content type and body.
+    func httpResponse(for request: HTTPRequest) -> (Int, String, String)
+    func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest)
+    func connectionText(_ c: WebSocketConnection, _ message: [UInt8])
+    func connectionBinary(_ c: WebSocketConnection, _ message: [UInt8])
+    /// Called once for every opened connection, after which no other call names it.
+    func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String)
+    func connectionDrained(_ c: WebSocketConnection)
+}
+
+/// One server-side WebSocket: HTTP upgrade, then RFC 6455 frames. Loop thread only.
+final class WebSocketConnection: TCPStreamDelegate {
+    enum State {
+        case handshake
+        case open
+        /// We sent a Close and wait for the peer's (or the deadline).
+        case closing(deadline: UInt64)
+        case closed
+    }
+
+    let id: UInt64
+    let stream: TCPStream
+    unowned let server: WebSocketServer
+    private(set) var state: State = .handshake
+    private var head: [UInt8] = []
+    private var decoder: FrameDecoder
+    private let acceptedAt: UInt64
+    private var lastReceive: UInt64
+    private var lastPing: UInt64
+    private(set) var subprotocol: String?
+    private var opened = false
+    private var closeCode: UInt16 = 1006
+    private var closeReason = ""
+    /// Gateway state for this connection.
+    var session: AnyObject?
+    var peer: String { stream.peer }
+
+    init(id: UInt64, stream: TCPStream, server: WebSocketServer) {
+        self.id = id
+        self.stream = stream
+        self.server = server
+        decoder = FrameDecoder(limits: server.settings.limits)
+        let now = loopNowMs(server.loop)
+        acceptedAt = now
+        lastReceive = now
+        lastPing = now
+        stream.delegate = self
+        stream.startReading()
+    }
+
+    var isOpen: Bool { if case .open = state { return true } else { return false } }
+    var queuedBytes: Int { stream.queuedBytes }
+
+    // MARK: sending
+
+    /// Queues a text message (one frame). The bytes are copied.
+    @discardableResult
+    func sendText(_ payload: [UInt8]) -> SendStatus {
+        payload.withUnsafeBytes { sendFrame(.text, $0) }
+    }
+
+    @discardableResult
+    func sendFrame(_ opcode: WSOpcode, _ payload: UnsafeRawBufferPointer) -> SendStatus {
+        guard isOpen else { return .dropped }
+        return sendShared(WebSocketConnection.encodeFrame(opcode, payload))
+    }
+
+    /// Queues an already encoded frame shared with other connections.
+    @discardableResult
+    func sendShared(_ frame: OutBuffer) -> SendStatus {
+        guard isOpen else { return .dropped }
+        stream.write(frame)
+        return stream.queuedBytes > server.settings.maxBufferedBytes ? .overBound : .ok
+    }
+
+    /// Encodes one unmasked server frame into a buffer of its exact size.
+    static func encodeFrame(_ opcode: WSOpcode, _ payload: UnsafeRawBufferPointer) -> OutBuffer {
+        let hs = FrameEncoder.headerSize(payloadLength: payload.count, masked: false)
+        let buf = OutBuffer(capacity: hs + payload.count)
+        _ = FrameEncoder.writeHeader(into: buf.base, opcode: opcode, fin: true, payloadLength: payload.count, maskKey: nil)
+        if let p = payload.baseAddress, payload.count > 0 {
+            (buf.base + hs).copyMemory(from: p, byteCount: payload.count)
+        }
+        return buf
+    }
+
+    /// Starts the closing handshake: sends Close(code) and waits for the peer's Close.
+    func close(code: UInt16, reason: String) {
+        switch state {
+        case .open:
+            writeClose(code: code, reason: reason)
+            recordClose(code, reason)
+            state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+            server.track(self)
+        case .handshake:
+            state = .closed
+            stream.close()
+        case .closing, .closed:
+            break
+        }
+    }
+
+    /// Fails the connection (RFC 6455 7.1.7): Close(code), then TCP close after the write.
+    func fail(code: UInt16, reason: String) {
+        switch state {
+        case .open:
+            writeClose(code: code, reason: reason)
+            recordClose(code, reason)
+            state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+            server.track(self)
+            stream.closeAfterWrites()
+        case .closing:
+            stream.closeAfterWrites()
+        case .handshake:
+            state = .closed
+            stream.close()
+        case .closed:
+            break
+        }
+    }
+
+    private func writeClose(code: UInt16, reason: String) {
+        var body: [UInt8] = [UInt8(code >> 8), UInt8(code & 0xff)]
+        body.append(contentsOf: Array(reason.utf8.prefix(123)))
+        body.withUnsafeBytes { stream.write(WebSocketConnection.encodeFrame(.close, $0)) }
+    }
+
+    private func recordClose(_ code: UInt16, _ reason: String) {
+        if closeCode == 1006 {
+            closeCode = code
+            closeReason = reason
+        }
+    }
+
+    // MARK: timers (called by the server's sweep)
+
+    func sweep(now: UInt64) {
+        let s = server.settings
+        switch state {
+        case .handshake:
+            if now &- acceptedAt >= s.handshakeTimeoutMs {
+                server.metrics.handshakeTimeouts += 1
+                state = .closed
+                stream.write(WebSocketHandshake.simpleResponse(status: 408, reason: "Request Timeout", body: "handshake timeout\n"))
+                stream.closeAfterWrites()
+                // Leave the stream a moment to write, then the closing deadline applies.
+                server.lingering(stream, deadline: now + s.closeTimeoutMs)
+            }
+        case .open:
+            if now &- lastReceive >= s.idleTimeoutMs {
+                fail(code: 1001, reason: "idle timeout")
+            } else if s.pingIntervalMs > 0 && now &- lastPing >= s.pingIntervalMs && now &- lastReceive >= s.pingIntervalMs {
+                lastPing = now
+                stream.write(WebSocketConnection.encodeFrame(.ping, UnsafeRawBufferPointer(start: nil, count: 0)))
+            }
+        case .closing(let deadline):
+            if now >= deadline { stream.close() }
+        case .closed:
+            break
+        }
+    }
+
+    var needsSweep: Bool {
+        switch state {
+        case .handshake, .closing: return true
+        case .open: return server.settings.pingIntervalMs > 0 || server.settings.idleTimeoutMs > 0
+        case .closed: return false
+        }
+    }
+
+    // MARK: TCPStreamDelegate
+
+    func streamDidRead(_ stream: TCPStream, _ bytes: UnsafeRawBufferPointer) {
+        lastReceive = loopNowMs(server.loop)
+        server.metrics.bytesIn += UInt64(bytes.count)
+        switch state {
+        case .handshake:
+            readHandshake(bytes)
+        case .open, .closing:
+            readFrames(bytes)
+        case .closed:
+            break
+        }
+    }
+
+    func streamDidEnd(_ stream: TCPStream, error: Int32) {
+        if case .open = state { recordClose(1006, "connection lost") }
+    }
+
+    func streamDidClose(_ stream: TCPStream) {
+        state = .closed
+        if opened {
+            opened = false
+            server.delegate?.connectionClosed(self, code: closeCode, reason: closeReason)
+        }
+        server.remove(self)
+    }
+
+    func streamDidDrain(_ stream: TCPStream) {
+        if isOpen { server.delegate?.connectionDrained(self) }
+    }
+
+    // MARK: reading
+
+    private func readHandshake(_ bytes: UnsafeRawBufferPointer) {
+        head.append(contentsOf: bytes)
+        let parsed: (HTTPRequest, Int)?
+        do {
+            parsed = try head.withUnsafeBytes { try HTTPRequestParser.parse($0, limits: server.settings.http) }
+        } catch let e as HTTPError {
+            server.metrics.httpErrors += 1
+            respondAndClose(status: e.status, reason: e.reason, body: e.reason + "\n")
+            return
+        } catch {
+            respondAndClose(status: 400, reason: "Bad Request", body: "bad request\n")
+            return
+        }
+        guard let (req, consumed) = parsed else { return }
+        if !WebSocketHandshake.isUpgradeRequest(req) {
+            let (status, ctype, body) = server.delegate?.httpResponse(for: req) ?? (404, "text/plain", "not found\n")
+            state = .closed
+            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: httpReason(status), body: body, contentType: ctype))
+            stream.closeAfterWrites()
+            server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+            return
+        }
+        switch WebSocketHandshake.evaluate(req, supported: server.settings.subprotocols) {
+        case .reject(let status, let reason, let headers):
+            server.metrics.httpErrors += 1
+            state = .closed
+            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: httpReason(status), body: reason + "\n", headers: headers))
+            stream.closeAfterWrites()
+            server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+        case .accept(let key, let proto):
+            subprotocol = proto
+            stream.write(WebSocketHandshake.acceptResponse(acceptKey: key, subprotocol: proto))
+            state = .open
+            opened = true
+            server.metrics.connectionsOpened += 1
+            let rest = Array(head[consumed...])
+            head = []
+            server.delegate?.connectionOpened(self, request: req)
+            if !rest.isEmpty { rest.withUnsafeBytes { readFrames($0) } }
+        }
+    }
+
+    private func respondAndClose(status: Int, reason: String, body: String) {
+        state = .closed
+        head = []
+        stream.write(WebSocketHandshake.simpleResponse(status: status, reason: reason, body: body))
+        stream.closeAfterWrites()
+        server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+    }
+
+    private func readFrames(_ bytes: UnsafeRawBufferPointer) {
+        decoder.append(bytes)
+        while true {
+            let event: WSEvent?
+            do {
+                event = try decoder.next()
+            } catch let e as WSProtocolError {
+                server.metrics.protocolErrors += 1
+                fail(code: e.closeCode, reason: e.reason)
+                return
+            } catch {
+                fail(code: 1011, reason: "internal error")
+                return
+            }
+            guard let event else { return }
+            switch event {
+            case .text(let msg):
+                server.metrics.messagesIn += 1
+                if isOpen { server.delegate?.connectionText(self, msg) }
+            case .binary(let msg):
+                server.metrics.messagesIn += 1
+                if isOpen { server.delegate?.connectionBinary(self, msg) }
+            case .ping(let payload):
+                if isOpen { payload.withUnsafeBytes { stream.write(WebSocketConnection.encodeFrame(.pong, $0)) } }
+            case .pong:
+                break
+            case .close(let code, let reason):
+                if case .open = state {
+                    // Echo the peer's code (an empty Close is answered with an empty Close).
+                    if let code {
+                        writeClose(code: code, reason: "")
+                    } else {
+                        stream.write(WebSocketConnection.encodeFrame(.close, UnsafeRawBufferPointer(start: nil, count: 0)))
+                    }
+                    recordClose(code ?? 1005, String(decoding: reason, as: UTF8.self))
+                    state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
+                    server.track(self)
+                }
+                stream.closeAfterWrites()
+                return
+            }
+        }
+    }
+}
+
+func httpReason(_ status: Int) -> String {
+    switch status {
+    case 200: return "OK"
+    case 400: return "Bad Request"
+    case 401: return "Unauthorized"
+    case 403: return "Forbidden"
+    case 404: return "Not Found"
+    case 405: return "Method Not Allowed"
+    case 408: return "Request Timeout"
+    case 426: return "Upgrade Required"
+    case 431: return "Request Header Fields Too Large"
+    case 503: return "Service Unavailable"
+    case 505: return "HTTP Version Not Supported"
+    default: return "Error"
+    }
+}
+
+/// Counters read by /metrics. Loop thread only.
+final class ServerMetrics {
+    var connectionsOpened: UInt64 = 0
+    var connectionsClosed: UInt64 = 0
+    var messagesIn: UInt64 = 0
+    var messagesOut: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var protocolErrors: UInt64 = 0
+    var httpErrors: UInt64 = 0
+    var handshakeTimeouts: UInt64 = 0
+    var publishes: UInt64 = 0
+    var acks: UInt64 = 0
+    var publishFailures: UInt64 = 0
+    var deliveries: UInt64 = 0
+    var slowConsumerCloses: UInt64 = 0
+}
+
+/// Accepts TCP connections and runs WebSocket connections on them. Loop thread only.
+final class WebSocketServer {
+    let loop: EventLoop
+    let settings: WebSocketSettings
+    weak var delegate: WebSocketServerDelegate?
+    let metrics = ServerMetrics()
+    private var listener: TCPListener?
+    private(set) var connections: [UInt64: WebSocketConnection] = [:]
+    private var streams: [ObjectIdentifier: (TCPStream, UInt64)] = [:]   // lingering non-WS streams
+    private var nextID: UInt64 = 1
+    private var sweepTimer: LoopTimer?
+
+    init(loop: EventLoop, settings: WebSocketSettings) {
+        self.loop = loop
+        self.settings = settings
+    }
+
+    var port: Int { listener?.port ?? 0 }
+    var boundAddress: String { listener?.boundAddress ?? "" }
+
+    func listen(host: String, port: Int, reusePort: Bool = false) throws {
+        listener = try TCPListener(loop: loop, host: host, port: port, reusePort: reusePort) { [unowned self] l in
+            self.accept(l)
+        }
+        let tick = max(10, min(250, settings.handshakeTimeoutMs / 4, settings.closeTimeoutMs / 4))
+        let t = LoopTimer(loop: loop)
+        t.start(afterMs: tick, repeatMs: tick, unref: true) { [unowned self] in self.sweep() }
+        sweepTimer = t
+    }
+
+    private func accept(_ l: TCPListener) {
+        guard let s = try? TCPStream(loop: loop, accepting: l.handle) else { return }
+        let id = nextID
+        nextID += 1
+        connections[id] = WebSocketConnection(id: id, stream: s, server: self)
+    }
+
+    /// Keeps a stream that is no longer a WebSocket until it closes or its deadline passes.
+    func lingering(_ s: TCPStream, deadline: UInt64) {
+        streams[ObjectIdentifier(s)] = (s, deadline)
+    }
+
+    func track(_ c: WebSocketConnection) {}
+
+    func remove(_ c: WebSocketConnection) {
+        if connections.removeValue(forKey: c.id) != nil { metrics.connectionsClosed += 1 }
+        streams.removeValue(forKey: ObjectIdentifier(c.stream))
+    }
+
+    private func sweep() {
+        let now = loopNowMs(loop)
+        for c in connections.values where c.needsSweep { c.sweep(now: now) }
+        for (k, (s, deadline)) in streams where now >= deadline {
+            streams.removeValue(forKey: k)
+            s.close()
+        }
+    }
+
+    /// Stops accepting new connections.
+    func stopListening() {
+        listener?.close()
+        listener = nil
+    }
+
+    /// Closes every open connection with `code`.
+    func closeAll(code: UInt16, reason: String) {
+        for c in Array(connections.values) { c.close(code: code, reason: reason) }
+    }
+
+    /// Stops timers; connections must be closed already.
+    func shutdown() {
+        stopListening()
+        for c in Array(connections.values) { c.stream.close() }
+        for (s, _) in streams.values { s.close() }
+        sweepTimer?.close()
+        sweepTimer = nil
+    }
+}

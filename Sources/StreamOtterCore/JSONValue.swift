@@ -1,0 +1,74 @@
+/// A parsed JSON value (RFC 8259).
+///
+/// Rules:
+/// - Numbers keep their literal text (`"1.50"` stays `1.50`) so nothing is lost to Double.
+/// - Objects keep member order and duplicates, as pairs.
+/// - Equality is structural and order-sensitive for object members.
+public enum JSONValue: Equatable {
+    case null
+    case bool(Bool)
+    case number(String)
+    case string(String)
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.null, .null): return true
+        case let (.bool(a), .bool(b)): return a == b
+        case let (.number(a), .number(b)): return a == b
+        case let (.string(a), .string(b)): return a == b
+        case let (.array(a), .array(b)): return a == b
+        case let (.object(a), .object(b)):
+            return a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        default: return false
+        }
+    }
+
+    /// The value of the first member called `key` when this is an object; else nil.
+    public subscript(key: String) -> JSONValue? {
+        guard case .object(let members) = self else { return nil }
+        for (k, v) in members where k == key { return v }
+        return nil
+    }
+
+    /// The string when this is `.string`; else nil.
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+
+    /// Compact JSON text for this value (member order kept, strings escaped as by
+    /// `JSON.appendString`).
+    public func serialized() -> [UInt8] {
+        var out: [UInt8] = []
+        append(to: &out)
+        return out
+    }
+
+    /// Appends compact JSON text for this value to `out`.
+    public func append(to out: inout [UInt8]) {
+        switch self {
+        case .null: out.append(contentsOf: "null".utf8)
+        case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
+        case .number(let n): out.append(contentsOf: n.utf8)
+        case .string(let s): JSON.appendString(s, to: &out)
+        case .array(let items):
+            out.append(UInt8(ascii: "["))
+            for (i, item) in items.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                item.append(to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .object(let members):
+            out.append(UInt8(ascii: "{"))
+            for (i, (k, v)) in members.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                JSON.appendString(k, to: &out)
+                out.append(UInt8(ascii: ":"))
+                v.append(to: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+    }
+}

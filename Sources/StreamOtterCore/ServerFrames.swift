@@ -1,0 +1,160 @@
+/// Payloads of the streamotter.v1 frames the server sends: compact UTF-8 JSON, fields in a
+/// fixed order, `id` omitted when nil.
+public enum ServerFrames {
+    /// `{"op":"ok","id":"s1"}`
+    public static func ok(id: String?) -> [UInt8] {
+        var out = opening("ok")
+        appendId(id, to: &out)
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    /// `{"op":"ack","id":"p1","channel":"orders","partition":0,"offset":123}`
+    public static func ack(id: String?, channel: String, partition: Int32, offset: Int64) -> [UInt8] {
+        var out = opening("ack")
+        appendId(id, to: &out)
+        appendKey("channel", to: &out)
+        JSON.appendString(channel, to: &out)
+        appendKey("partition", to: &out)
+        out.append(contentsOf: String(partition).utf8)
+        appendKey("offset", to: &out)
+        out.append(contentsOf: String(offset).utf8)
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    /// `{"op":"error","id":"p1","code":"forbidden","message":"..."}`
+    public static func error(id: String?, code: String, message: String) -> [UInt8] {
+        var out = opening("error")
+        appendId(id, to: &out)
+        appendKey("code", to: &out)
+        JSON.appendString(code, to: &out)
+        appendKey("message", to: &out)
+        JSON.appendString(message, to: &out)
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    /// Appends a `message` frame payload to `out`:
+    /// `{"op":"message","channel":..,"partition":..,"offset":..,"timestamp":..,"key":..,"headers":{..},"data":..}`
+    ///
+    /// Rules:
+    /// - `timestamp` omitted when negative (unknown).
+    /// - `key` omitted when nil; `"key"` when valid UTF-8, else `"key_base64"`.
+    /// - headers: those with a UTF-8 (or nil -> null) value go in `"headers"`, the others
+    ///   Base64-encoded in `"headers_base64"`; each object omitted when it would be empty.
+    /// - value nil -> `"data":null`; valid JSON -> `"data"` in compact form; else valid
+    ///   UTF-8 -> `"text"`; else `"base64"`.
+    public static func message(channel: String, partition: Int32, offset: Int64, timestamp: Int64,
+                               key: UnsafeRawBufferPointer?, headers: [(String, UnsafeRawBufferPointer?)],
+                               value: UnsafeRawBufferPointer?, into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + 96 + (value?.count ?? 0) + (key?.count ?? 0))
+        out.append(contentsOf: #"{"op":"message""#.utf8)
+        appendKey("channel", to: &out)
+        JSON.appendString(channel, to: &out)
+        appendKey("partition", to: &out)
+        out.append(contentsOf: String(partition).utf8)
+        appendKey("offset", to: &out)
+        out.append(contentsOf: String(offset).utf8)
+        if timestamp >= 0 {
+            appendKey("timestamp", to: &out)
+            out.append(contentsOf: String(timestamp).utf8)
+        }
+        if let key = key {
+            if UTF8Validator.isValid(key) {
+                appendKey("key", to: &out)
+                JSON.appendString(key, to: &out)
+            } else {
+                appendKey("key_base64", to: &out)
+                appendBase64String(key, to: &out)
+            }
+        }
+        if !headers.isEmpty {
+            var textCount = 0
+            var binaryCount = 0
+            for (_, v) in headers {
+                if let v = v, !UTF8Validator.isValid(v) { binaryCount += 1 } else { textCount += 1 }
+            }
+            if textCount > 0 {
+                appendKey("headers", to: &out)
+                out.append(UInt8(ascii: "{"))
+                var first = true
+                for (name, v) in headers {
+                    if let v = v {
+                        if !UTF8Validator.isValid(v) { continue }
+                        if !first { out.append(UInt8(ascii: ",")) }
+                        JSON.appendString(name, to: &out)
+                        out.append(UInt8(ascii: ":"))
+                        JSON.appendString(v, to: &out)
+                    } else {
+                        if !first { out.append(UInt8(ascii: ",")) }
+                        JSON.appendString(name, to: &out)
+                        out.append(contentsOf: ":null".utf8)
+                    }
+                    first = false
+                }
+                out.append(UInt8(ascii: "}"))
+            }
+            if binaryCount > 0 {
+                appendKey("headers_base64", to: &out)
+                out.append(UInt8(ascii: "{"))
+                var first = true
+                for (name, v) in headers {
+                    guard let v = v, !UTF8Validator.isValid(v) else { continue }
+                    if !first { out.append(UInt8(ascii: ",")) }
+                    JSON.appendString(name, to: &out)
+                    out.append(UInt8(ascii: ":"))
+                    appendBase64String(v, to: &out)
+                    first = false
+                }
+                out.append(UInt8(ascii: "}"))
+            }
+        }
+        if let value = value {
+            if JSON.isValid(value) {
+                appendKey("data", to: &out)
+                JSON.appendCompact(value, to: &out)
+            } else if UTF8Validator.isValid(value) {
+                appendKey("text", to: &out)
+                JSON.appendString(value, to: &out)
+            } else {
+                appendKey("base64", to: &out)
+                appendBase64String(value, to: &out)
+            }
+        } else {
+            appendKey("data", to: &out)
+            out.append(contentsOf: "null".utf8)
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+
+    private static func opening(_ op: String) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        out.append(contentsOf: #"{"op":""#.utf8)
+        out.append(contentsOf: op.utf8)
+        out.append(UInt8(ascii: "\""))
+        return out
+    }
+
+    private static func appendId(_ id: String?, to out: inout [UInt8]) {
+        guard let id = id else { return }
+        appendKey("id", to: &out)
+        JSON.appendString(id, to: &out)
+    }
+
+    /// Appends `,"name":`.
+    private static func appendKey(_ name: StaticString, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: ","))
+        out.append(UInt8(ascii: "\""))
+        out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        out.append(UInt8(ascii: "\""))
+        out.append(UInt8(ascii: ":"))
+    }
+
+    private static func appendBase64String(_ bytes: UnsafeRawBufferPointer, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        Base64.append(bytes, to: &out)
+        out.append(UInt8(ascii: "\""))
+    }
+}

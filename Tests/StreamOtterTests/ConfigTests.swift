@@ -1,0 +1,37 @@
+import XCTest
+@testable import StreamOtter
+
+final class ConfigTests: XCTestCase {
+    func testKafkaKeysPassThrough() throws {
+        var c = EngineConfig()
+        try c.set("kafka.linger.ms", "7")
+        try c.set("kafka.producer.compression.type", "lz4")
+        try c.set("kafka.consumer.fetch.wait.max.ms", "50")
+        XCTAssertEqual(c.kafka.first?.0, "linger.ms")
+        XCTAssertEqual(c.kafkaProducer.first?.1, "lz4")
+        XCTAssertEqual(c.kafkaConsumer.first?.0, "fetch.wait.max.ms")
+        XCTAssertTrue(c.usesEmbeddedKafka)
+        try c.set("kafka.bootstrap.servers", "127.0.0.1:9092")
+        XCTAssertFalse(c.usesEmbeddedKafka)
+    }
+
+    func testBadValuesNameTheKey() {
+        var c = EngineConfig()
+        XCTAssertThrowsError(try c.set("ws.max_frame_size", "abc")) { e in
+            XCTAssertTrue("\(e)".contains("ws.max_frame_size"))
+        }
+        XCTAssertThrowsError(try c.set("nonsense", "1"))
+        XCTAssertThrowsError(try c.set("listen", "nope"))
+    }
+
+    func testListenAndFile() throws {
+        var c = EngineConfig()
+        try c.set("listen", "0.0.0.0:0")
+        XCTAssertEqual(c.listenHost, "0.0.0.0")
+        XCTAssertEqual(c.listenPort, 0)
+        let kv = try EngineConfig.parseFile("# comment\nlisten = 127.0.0.1:9000\n\nkafka.acks = all\n")
+        XCTAssertEqual(kv.count, 2)
+        XCTAssertEqual(kv[1].0, "kafka.acks")
+        XCTAssertThrowsError(try EngineConfig.parseFile("garbage line"))
+    }
+}
