@@ -23,7 +23,13 @@ let package = Package(
         .target(name: "StreamOtter",
                 dependencies: ["StreamOtterCore", "CUV", "CRdKafka", "COpenSSL", "CZlib", "CShim"]),
         // The C ABI: @_cdecl thunks only.
-        .target(name: "StreamOtterC", dependencies: ["StreamOtter"]),
+        .target(name: "StreamOtterC", dependencies: ["StreamOtter"],
+                exclude: ["exports.map"],
+                linkerSettings: [.unsafeFlags([
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/StreamOtterC/exports.map",
+                    "-Xlinker", "-soname=libstreamotter.so.0",
+                    "-static-stdlib",
+                ])]),
         .executableTarget(name: "StreamOtterCLI", dependencies: ["StreamOtter"]),
         .testTarget(name: "StreamOtterCoreTests", dependencies: ["StreamOtterCore"]),
         .testTarget(name: "StreamOtterTests", dependencies: ["StreamOtter"]),

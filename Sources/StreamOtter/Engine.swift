@@ -4,6 +4,18 @@ import CUV
 import Glibc
 import StreamOtterCore
 
+/// An error of the engine's public API, with the category the C ABI maps to a code.
+public struct StreamOtterError: Error, CustomStringConvertible {
+    public enum Kind { case config, state, kafka, io, internalError }
+    public let kind: Kind
+    public let message: String
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+    public var description: String { message }
+}
+
 /// The StreamOtter engine: one libuv loop on its own thread, the WebSocket gateway on it,
 /// and the Kafka clients whose events are wired into it.
 ///
@@ -20,6 +32,9 @@ public final class Engine {
     private var thread: pthread_t?
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private var stopping = false
+    private var started = false
+    /// True once start succeeded.
+    public var isRunning: Bool { thread != nil }
     private var finished = false
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
@@ -46,8 +61,16 @@ public final class Engine {
     /// leaves nothing running) when Kafka clients cannot be created or the port cannot be
     /// bound.
     public func start() throws {
+        guard !started else { throw StreamOtterError(.state, "the engine was already started") }
+        started = true
         cshim_ignore_sigpipe()
-        try setUp()
+        do {
+            try setUp()
+        } catch let e as UVError {
+            throw StreamOtterError(.io, "listen on \(config.listenHost):\(config.listenPort): \(e)")
+        } catch let e as ConfigError {
+            throw StreamOtterError(e.description.hasPrefix("kafka") || e.description.hasPrefix("embedded") ? .kafka : .config, e.description)
+        }
         let box = Unmanaged.passRetained(self).toOpaque()
         var t = pthread_t()
         let rc = pthread_create(&t, nil, { arg in
@@ -88,7 +111,6 @@ public final class Engine {
             listenAddress = s.boundAddress
         } catch {
             tearDown()
-            loop.close()
             throw error
         }
         if cfg.handleSignals {
@@ -167,9 +189,7 @@ public final class Engine {
         server = nil
         embedded?.close()
         embedded = nil
-        if thread != nil || finished == false {
-            loop.close()
-        }
+        if !finished { loop.close() }
         finished = true
         Log.event("info", "engine_stopped")
     }

@@ -12,14 +12,15 @@
 ///   decided from the header alone: no payload is waited for or allocated.
 /// - Message larger than `maxMessageSize`, summed over fragments -> 1009, checked at each
 ///   fragment header.
-/// - Text is validated as UTF-8 fragment by fragment (an invalid first fragment fails
-///   before the rest arrives); an invalid sequence, or one left unfinished by the final
-///   fragment -> 1007.
+/// - Text is validated as UTF-8 as its bytes arrive, across fragments and `append` calls
+///   (invalid text fails before the rest of the frame or message arrives); an invalid
+///   sequence, or one left unfinished by the final fragment -> 1007.
 /// - Close body of 1 byte -> 1002; invalid close code -> 1002 (see `WSCloseCode`);
 ///   reason not UTF-8 -> 1007.
 ///
 /// Memory: one growable buffer with a read index; consumed bytes are dropped when the
-/// buffer empties or the dead prefix dominates. Payloads are unmasked in place; the only
+/// buffer empties or the dead prefix dominates, and a capacity above 64 KiB is released
+/// once the buffer is empty. Payloads are unmasked in place as they arrive; the only
 /// per-frame allocation is the delivered message array.
 ///
 /// Threading: a value type with no shared state; use from one thread at a time.
@@ -37,8 +38,9 @@ public struct FrameDecoder {
     enum ReadState {
         /// Waiting for (the rest of) a frame header.
         case awaitingHeader
-        /// Header validated; waiting until the whole payload is buffered.
-        case awaitingPayload(FrameHeader)
+        /// Header validated; waiting until the whole payload is buffered. The first
+        /// `processed` payload bytes are already unmasked (and, for text, UTF-8 validated).
+        case awaitingPayload(FrameHeader, processed: Int)
         /// A protocol violation was seen; terminal.
         case failed(WSProtocolError)
     }
@@ -64,6 +66,8 @@ public struct FrameDecoder {
     /// Once this many consumed bytes sit before the read index (and they are at least half
     /// of the buffer) they are moved out on the next append.
     private static let compactThreshold = 4096
+    /// Buffer capacity kept after the buffer empties; a larger one is released.
+    private static let retainedCapacity = 1 << 16
 
     public init(limits: WSLimits) {
         self.limits = limits
@@ -94,34 +98,57 @@ public struct FrameDecoder {
 
     /// The next complete event, or nil when more bytes are needed.
     public mutating func next() throws -> WSEvent? {
+        do {
+            return try nextEvent()
+        } catch let error as WSProtocolError {
+            if case .failed = readState {} else { fail(error) }
+            throw error
+        }
+    }
+
+    private mutating func nextEvent() throws -> WSEvent? {
         while true {
             switch readState {
             case .failed(let error):
                 throw error
             case .awaitingHeader:
-                let header: FrameHeader?
-                do {
-                    header = try parseHeader()
-                } catch let error as WSProtocolError {
-                    fail(error)
-                    throw error
-                }
-                guard let header = header else { return nil }
-                readState = .awaitingPayload(header)
-            case .awaitingPayload(let header):
-                let available = buffer.count - readIndex
-                if available < header.headerLength + header.payloadLength { return nil }
+                guard let header = try parseHeader() else { return nil }
+                if header.opcode == .text { utf8.reset() }
+                readState = .awaitingPayload(header, processed: 0)
+            case .awaitingPayload(let header, let processed):
                 let payloadStart = readIndex + header.headerLength
+                let available = min(buffer.count - payloadStart, header.payloadLength)
+                if available > processed {
+                    try unmaskAndValidate(header, payloadStart: payloadStart, from: processed, to: available)
+                }
+                if available < header.payloadLength {
+                    readState = .awaitingPayload(header, processed: max(available, processed))
+                    return nil
+                }
                 readIndex = payloadStart + header.payloadLength
                 readState = .awaitingHeader
-                do {
-                    if let event = try finishFrame(header, payloadStart: payloadStart) { return event }
-                } catch let error as WSProtocolError {
-                    fail(error)
-                    throw error
+                let event = try finishFrame(header, payload: payloadStart..<readIndex)
+                if readIndex == buffer.count && buffer.capacity > FrameDecoder.retainedCapacity {
+                    // Do not keep a large frame's worth of memory per idle connection.
+                    buffer = []
+                    readIndex = 0
                 }
+                if let event = event { return event }
             }
         }
+    }
+
+    /// Unmasks payload bytes `from..<to` in place as they arrive; text payloads are fed to
+    /// the UTF-8 validator at the same time so invalid text fails before the frame ends.
+    private mutating func unmaskAndValidate(_ header: FrameHeader, payloadStart: Int, from: Int, to: Int) throws {
+        let range = (payloadStart + from)..<(payloadStart + to)
+        let isText = header.opcode == .text || (header.opcode == .continuation && messageState == .text)
+        let valid: Bool = buffer.withUnsafeMutableBytes { raw in
+            let part = UnsafeMutableRawBufferPointer(rebasing: raw[range])
+            if let key = header.maskKey { FrameEncoder.applyMask(part, key: key, offset: from) }
+            return isText ? utf8.feed(UnsafeRawBufferPointer(part)) : true
+        }
+        if !valid { throw WSProtocolError.invalidUTF8("invalid UTF-8 in text message") }
     }
 
     private mutating func fail(_ error: WSProtocolError) {
@@ -194,15 +221,9 @@ public struct FrameDecoder {
         }
     }
 
-    /// Unmasks the fully buffered payload at `payloadStart` and turns it into an event, or
-    /// into more of an open message (nil).
-    private mutating func finishFrame(_ header: FrameHeader, payloadStart: Int) throws -> WSEvent? {
-        let range = payloadStart..<(payloadStart + header.payloadLength)
-        if let key = header.maskKey, header.payloadLength > 0 {
-            buffer.withUnsafeMutableBytes { raw in
-                FrameEncoder.applyMask(UnsafeMutableRawBufferPointer(rebasing: raw[range]), key: key)
-            }
-        }
+    /// Turns a complete, already unmasked (and for text, validated) payload into an event,
+    /// or into more of an open message (nil).
+    private mutating func finishFrame(_ header: FrameHeader, payload range: Range<Int>) throws -> WSEvent? {
         switch header.opcode {
         case .ping:
             return .ping(Array(buffer[range]))
@@ -211,11 +232,6 @@ public struct FrameDecoder {
         case .close:
             return try closeEvent(range)
         case .text:
-            let valid = buffer.withUnsafeBytes { raw -> Bool in
-                utf8.reset()
-                return utf8.feed(UnsafeRawBufferPointer(rebasing: raw[range]))
-            }
-            if !valid { throw WSProtocolError.invalidUTF8("invalid UTF-8 in text message") }
             if header.fin {
                 if !utf8.isAtBoundary { throw WSProtocolError.invalidUTF8("text message ends inside a UTF-8 sequence") }
                 return .text(Array(buffer[range]))
@@ -229,12 +245,8 @@ public struct FrameDecoder {
             message.append(contentsOf: buffer[range])
             return nil
         case .continuation:
-            if case .text = messageState {
-                let valid = buffer.withUnsafeBytes { raw in utf8.feed(UnsafeRawBufferPointer(rebasing: raw[range])) }
-                if !valid { throw WSProtocolError.invalidUTF8("invalid UTF-8 in text message") }
-                if header.fin && !utf8.isAtBoundary {
-                    throw WSProtocolError.invalidUTF8("text message ends inside a UTF-8 sequence")
-                }
+            if header.fin && messageState == .text && !utf8.isAtBoundary {
+                throw WSProtocolError.invalidUTF8("text message ends inside a UTF-8 sequence")
             }
             message.append(contentsOf: buffer[range])
             if !header.fin { return nil }
@@ -242,8 +254,7 @@ public struct FrameDecoder {
             message = []
             let state = messageState
             messageState = .idle
-            if case .text = state { return .text(complete) }
-            return .binary(complete)
+            return state == .text ? .text(complete) : .binary(complete)
         }
     }
 

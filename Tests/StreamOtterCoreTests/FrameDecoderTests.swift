@@ -105,6 +105,27 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertEqual(outcome.error?.closeCode, 1007)
     }
 
+    func testInvalidTextFailsBeforeFrameCompletes() {
+        // A 100-byte text frame whose first payload bytes are invalid: fails with only 10
+        // payload bytes buffered (Autobahn 6.4.3/6.4.4 "fail fast").
+        let frame = clientFrame(.text, [0x61, 0xC0] + [UInt8](repeating: 0x61, count: 98))
+        XCTAssertEqual(decode([Array(frame[..<16])]).error?.closeCode, 1007)
+        // Valid text split inside a frame and inside a sequence waits and then succeeds.
+        let good = clientFrame(.text, bytes("ab€cd"), key: 0x0102_0304)
+        var decoder = FrameDecoder(limits: serverLimits)
+        XCTAssertEqual(decode([Array(good[..<9]), Array(good[9..<10]), Array(good[10...])], with: &decoder).events, [.text(bytes("ab€cd"))])
+    }
+
+    func testLargeBufferIsReleasedWhenIdle() throws {
+        var decoder = FrameDecoder(limits: serverLimits)
+        let frame = clientFrame(.binary, [UInt8](repeating: 1, count: 200_000))
+        frame.withUnsafeBytes { decoder.append($0) }
+        XCTAssertEqual(decoder.bufferedBytes, frame.count)
+        XCTAssertEqual(try decoder.next(), .binary([UInt8](repeating: 1, count: 200_000)))
+        XCTAssertEqual(decoder.bufferedBytes, 0)
+        XCTAssertNil(try decoder.next())
+    }
+
     func testFrameOverMaxFrameSizeIs1009AsSoonAsHeaderRead() {
         let limits = WSLimits(maxFrameSize: 100, maxMessageSize: 1000)
         var decoder = FrameDecoder(limits: limits)

@@ -476,8 +476,15 @@ class RawWS:
                 return struct.unpack("!H", payload[:2])[0], payload[2:]
             assert skip_data, f"expected a Close frame, got opcode {op} {payload[:100]!r}"
 
-    def expect_eof(self, timeout: float = 5) -> None:
-        """After a Close frame: the server must close TCP (EOF or reset) within timeout."""
+    def expect_eof(self, timeout: float = 5, reply_code: int | None = 1000) -> None:
+        """After the server's Close frame: answer it with a Close (as RFC 6455 5.5.1 asks of
+        an endpoint; the server may already be gone, so send errors are ignored), then the
+        server must close TCP (EOF or reset) within timeout."""
+        if reply_code is not None:
+            try:
+                self.sock.sendall(encode_frame(0x8, close_payload(reply_code)))
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

@@ -1,0 +1,60 @@
+# StreamOtter: one entry point for set-up, build, run and test.
+#   make run    install what is needed, build, run the gateway on the embedded Kafka
+#   make test   install what is needed, build, run every test suite
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+SWIFT ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
+LISTEN ?= 127.0.0.1:8080
+BUILD := build
+APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl
+PIP_PACKAGES := websockets confluent-kafka pytest
+
+.PHONY: all deps build run test test-swift test-c test-e2e install clean
+
+all: build
+
+# Installs system and Python packages when missing (fresh Debian machine, run as root or
+# with sudo available).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+	@python3 -c "import websockets, confluent_kafka, pytest" 2>/dev/null || python3 -m pip install -q $(PIP_PACKAGES)
+
+build: deps
+	$(SWIFT) build -c release --static-swift-stdlib
+	@mkdir -p $(BUILD)/bin $(BUILD)/lib
+	cp .build/release/streamotter-cli $(BUILD)/bin/streamotter
+	cp .build/release/libstreamotter.so $(BUILD)/lib/libstreamotter.so.0
+	ln -sf libstreamotter.so.0 $(BUILD)/lib/libstreamotter.so
+
+run: build
+	$(BUILD)/bin/streamotter serve --listen $(LISTEN)
+
+test: build test-swift test-c test-e2e
+
+test-swift: deps
+	$(SWIFT) test
+
+# The C ABI test and C examples, built by CMake against the installed header and
+# pkg-config file (staged under build/stage).
+test-c: build
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(CURDIR)/$(BUILD)/stage -DSTREAMOTTER_PREBUILT=ON >/dev/null
+	cmake --build $(BUILD)/cmake -j2
+	cmake --install $(BUILD)/cmake >/dev/null
+	cmake -S Tests/c -B $(BUILD)/ctest -DCMAKE_PREFIX_PATH=$(CURDIR)/$(BUILD)/stage >/dev/null
+	cmake --build $(BUILD)/ctest -j2
+	cd $(BUILD)/ctest && ctest --output-on-failure
+
+test-e2e: build
+	STREAMOTTER_BIN=$(CURDIR)/$(BUILD)/bin/streamotter python3 -m pytest -q Tests/e2e
+
+install: build
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) -DSTREAMOTTER_PREBUILT=ON >/dev/null
+	cmake --build $(BUILD)/cmake -j2
+	cmake --install $(BUILD)/cmake
+
+clean:
+	rm -rf .build $(BUILD)
