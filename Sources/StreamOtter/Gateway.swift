@@ -90,7 +90,7 @@ final class Gateway: WebSocketServerDelegate {
         }
         switch request.path {
         case "/healthz":
-            let body = "{\"status\":\"\(shuttingDown ? "stopping" : "ok")\",\"connections\":\(server.connections.count),\"kafka\":\"\(kafkaDescription)\"}\n"
+            let body = "{\"status\":\"\(shuttingDown ? "stopping" : "ok")\",\"connections\":\(server.metrics.openWebSockets),\"kafka\":\"\(kafkaDescription)\"}\n"
             return (shuttingDown ? 503 : 200, "application/json", body)
         case "/metrics":
             return (200, "text/plain; version=0.0.4", metricsText())
@@ -105,7 +105,7 @@ final class Gateway: WebSocketServerDelegate {
         func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) {
             s += "# HELP streamotter_\(name) \(help)\n# TYPE streamotter_\(name) \(type)\nstreamotter_\(name) \(v)\n"
         }
-        metric("connections_open", "gauge", "Open WebSocket connections.", UInt64(server.connections.count))
+        metric("connections_open", "gauge", "Open WebSocket connections.", UInt64(server.metrics.openWebSockets))
         metric("connections_opened_total", "counter", "WebSocket connections opened.", m.connectionsOpened)
         metric("messages_in_total", "counter", "WebSocket messages received.", m.messagesIn)
         metric("messages_out_total", "counter", "Protocol messages queued to clients.", m.messagesOut)

@@ -218,6 +218,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         state = .closed
         if opened {
             opened = false
+            server.metrics.openWebSockets -= 1
             server.delegate?.connectionClosed(self, code: closeCode, reason: closeReason)
         }
         server.remove(self)
@@ -264,6 +265,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             state = .open
             opened = true
             server.metrics.connectionsOpened += 1
+            server.metrics.openWebSockets += 1
             let rest = Array(head[consumed...])
             head = []
             server.delegate?.connectionOpened(self, request: req)
@@ -344,6 +346,7 @@ func httpReason(_ status: Int) -> String {
 /// Counters read by /metrics. Loop thread only.
 final class ServerMetrics {
     var connectionsOpened: UInt64 = 0
+    var openWebSockets = 0
     var connectionsClosed: UInt64 = 0
     var messagesIn: UInt64 = 0
     var messagesOut: UInt64 = 0

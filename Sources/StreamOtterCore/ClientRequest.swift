@@ -1,5 +1,5 @@
 /// A request frame from a streamotter.v1 client, as parsed by `ProtocolParser`.
-public enum ClientRequest: Equatable {
+public enum ClientRequest: Equatable, Sendable {
     case subscribe(id: String?, channel: String, from: StartPosition)
     case unsubscribe(id: String?, channel: String)
     /// `key` and header values are the UTF-8 bytes of the JSON strings; `value` is the

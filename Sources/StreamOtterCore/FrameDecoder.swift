@@ -24,9 +24,9 @@
 /// per-frame allocation is the delivered message array.
 ///
 /// Threading: a value type with no shared state; use from one thread at a time.
-public struct FrameDecoder {
+public struct FrameDecoder: Sendable {
     /// The parsed fixed part of a frame.
-    struct FrameHeader {
+    struct FrameHeader: Sendable {
         var fin: Bool
         var opcode: WSOpcode
         var maskKey: UInt32?
@@ -35,7 +35,7 @@ public struct FrameDecoder {
     }
 
     /// Where the decoder is in the byte stream.
-    enum ReadState {
+    enum ReadState: Sendable {
         /// Waiting for (the rest of) a frame header.
         case awaitingHeader
         /// Header validated; waiting until the whole payload is buffered. The first
@@ -46,7 +46,7 @@ public struct FrameDecoder {
     }
 
     /// Reassembly of a fragmented data message.
-    enum MessageState {
+    enum MessageState: Sendable {
         /// No fragmented message open.
         case idle
         /// A fragmented text message is open; bytes so far in `message`.

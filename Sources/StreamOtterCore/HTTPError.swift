@@ -3,7 +3,7 @@
 /// `status` is the HTTP status to answer with (400, 431, 505); `reason` is a short
 /// human-readable detail ("obs-fold in header") for logs and the response body. The status
 /// line phrase comes from `HTTPStatus.reasonPhrase(_:)`.
-public struct HTTPError: Error, Equatable, CustomStringConvertible {
+public struct HTTPError: Error, Equatable, Sendable, CustomStringConvertible {
     public let status: Int
     public let reason: String
 

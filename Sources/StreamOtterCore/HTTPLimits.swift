@@ -1,5 +1,5 @@
 /// Limits on a request head enforced by `HTTPRequestParser` (both answered with 431).
-public struct HTTPLimits {
+public struct HTTPLimits: Sendable {
     /// Largest request head in bytes, request line and final CRLFCRLF included.
     public var maxHeaderBytes: Int = 8192
     /// Most header fields accepted.

@@ -1,7 +1,7 @@
 /// The head of an HTTP/1.x request as parsed by `HTTPRequestParser`.
 ///
 /// Header names keep their original spelling; lookups are case-insensitive (ASCII).
-public struct HTTPRequest {
+public struct HTTPRequest: Sendable {
     public var method: String
     /// The request target exactly as sent, e.g. `/ws?token=abc`.
     public var target: String

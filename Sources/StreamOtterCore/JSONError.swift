@@ -1,5 +1,5 @@
 /// Why a JSON text was rejected, and the byte offset where the problem was found.
-public struct JSONError: Error, CustomStringConvertible {
+public struct JSONError: Error, Sendable, CustomStringConvertible {
     public let message: String
     public let offset: Int
 

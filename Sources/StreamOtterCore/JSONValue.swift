@@ -4,7 +4,7 @@
 /// - Numbers keep their literal text (`"1.50"` stays `1.50`) so nothing is lost to Double.
 /// - Objects keep member order and duplicates, as pairs.
 /// - Equality is structural and order-sensitive for object members.
-public enum JSONValue: Equatable {
+public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     case number(String)

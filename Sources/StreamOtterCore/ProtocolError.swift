@@ -3,7 +3,7 @@
 /// `code` is one of the stable, documented codes (`bad_request`, `unknown_op`,
 /// `invalid_channel`, `invalid_from`, and the server's own such as `forbidden`);
 /// `message` is human-readable; `id` is the request's id when it had a valid one.
-public struct ProtocolError: Error, Equatable, CustomStringConvertible {
+public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
     public let code: String
     public let message: String
     public let id: String?

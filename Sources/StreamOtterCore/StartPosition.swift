@@ -1,5 +1,5 @@
 /// Where a subscription starts reading (the `from` field of a subscribe request).
-public enum StartPosition: Equatable {
+public enum StartPosition: Equatable, Sendable {
     /// Only messages produced after the subscription (the default).
     case latest
     /// From the oldest retained message.

@@ -7,7 +7,7 @@
 ///   code points above U+10FFFF (F4 90.., F5..FF) and stray or missing continuation bytes.
 /// - Once invalid, every later `feed` returns false until `reset()`.
 /// - A complete message is valid when every `feed` returned true and `isAtBoundary` is true.
-public struct UTF8Validator {
+public struct UTF8Validator: Sendable {
     /// Continuation bytes still expected for the current sequence.
     private var pending: UInt8 = 0
     /// Allowed range for the next continuation byte (narrower than 80...BF only right after

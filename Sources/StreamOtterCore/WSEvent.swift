@@ -1,5 +1,5 @@
 /// One complete thing read from a WebSocket peer by `FrameDecoder`.
-public enum WSEvent: Equatable {
+public enum WSEvent: Equatable, Sendable {
     /// A complete text message, reassembled from its fragments and validated as UTF-8.
     case text([UInt8])
     /// A complete binary message, reassembled from its fragments.

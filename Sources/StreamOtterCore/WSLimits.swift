@@ -6,7 +6,7 @@
 /// - `maxMessageSize`: largest reassembled text/binary message, summed over fragments; 1009.
 /// - `requireMasked`: true on the server side (client frames must be masked); false on the
 ///   client side, where a masked frame from the server is rejected. Either mismatch is 1002.
-public struct WSLimits {
+public struct WSLimits: Sendable {
     public var maxFrameSize: Int
     public var maxMessageSize: Int
     public var requireMasked: Bool

@@ -1,6 +1,6 @@
 /// WebSocket frame opcodes (RFC 6455 section 5.2). Values 3-7 and 11-15 are reserved and
 /// rejected by `FrameDecoder` with close code 1002.
-public enum WSOpcode: UInt8 {
+public enum WSOpcode: UInt8, Sendable {
     case continuation = 0
     case text = 1
     case binary = 2

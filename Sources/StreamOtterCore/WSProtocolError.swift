@@ -1,7 +1,7 @@
 /// A violation of RFC 6455 by the peer. `closeCode` is the code to send in our close frame
 /// (1002 protocol error, 1007 invalid UTF-8, 1009 too big); `reason` is a short English
 /// description suitable for the close frame's reason (at most 123 bytes).
-public struct WSProtocolError: Error, Equatable, CustomStringConvertible {
+public struct WSProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
     public let closeCode: UInt16
     public let reason: String
 

@@ -15,7 +15,7 @@ public enum WebSocketHandshake {
 
     /// The outcome of `evaluate`. For `reject`, `reason` is a short detail for logs and the
     /// body, `headers` extra response headers (e.g. `Sec-WebSocket-Version: 13` with 426).
-    public enum Decision: Equatable {
+    public enum Decision: Equatable, Sendable {
         case accept(acceptKey: String, subprotocol: String?)
         case reject(status: Int, reason: String, headers: [(String, String)])
 

@@ -288,3 +288,40 @@ def test_value_rendering_data_text_base64(gateway):
     t = msgs[11]
     assert t["key"] == "tomb" and message_value(t) == ("data", None), t
     assert all("headers" not in x for x in msgs[:10]), "headers must be omitted when empty"
+
+
+def test_shared_partition_feed_mixed_start_positions(gateway):
+    """Subscribers on one topic share the gateway's Kafka feed; each must still get exactly
+    its own view: a live subscriber sees no replay when an `earliest` one joins later, and an
+    unsubscribe/resubscribe on the same connection starts fresh."""
+    topic = gateway.topic("t3")
+    kcat_produce(gateway.bootstrap, topic, keyed(0, 200))
+
+    async def go():
+        live = await Client.connect(gateway.url, name="live")
+        await live.subscribe(topic, "latest")
+        await asyncio.to_thread(kcat_produce, gateway.bootstrap, topic, keyed(200, 100))
+        await live.wait_messages(100, 30)
+        late = await Client.connect(gateway.url, name="late")
+        await late.subscribe(topic, "earliest")  # the shared feed has to go back for this one
+        await late.wait_messages(300, 30)
+        await asyncio.to_thread(kcat_produce, gateway.bootstrap, topic, keyed(300, 100))
+        await live.wait_messages(200, 30)
+        await late.wait_messages(400, 30)
+        # resubscribe the live connection from earliest: it gets everything again, once
+        r = await live.call({"op": "unsubscribe", "channel": topic})
+        assert r["op"] == "ok", r
+        n_before = len(live.messages)
+        await live.subscribe(topic, "earliest")
+        await live.wait_messages(n_before + 400, 30)
+        await asyncio.sleep(QUIET)
+        for c in (live, late):
+            await c.close()
+        return live.messages[:n_before], live.messages[n_before:], late.messages
+
+    live_first, live_again, late_msgs = run(go(), 90)
+    recs = kcat_consume(gateway.bootstrap, topic, expect=400)
+    assert len(recs) == 400
+    assert_exact_stream(live_first, [r for r in recs if json.loads(r.value)["i"] >= 200], topic, "live")
+    assert_exact_stream(late_msgs, recs, topic, "late")
+    assert_exact_stream(live_again, recs, topic, "live-again")
