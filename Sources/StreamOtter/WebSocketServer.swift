@@ -237,7 +237,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             parsed = try head.withUnsafeBytes { try HTTPRequestParser.parse($0, limits: server.settings.http) }
         } catch let e as HTTPError {
             server.metrics.httpErrors += 1
-            respondAndClose(status: e.status, reason: e.reason, body: e.reason + "\n")
+            respondAndClose(status: e.status, reason: HTTPStatus.reasonPhrase(e.status), body: e.reason + "\n")
             return
         } catch {
             respondAndClose(status: 400, reason: "Bad Request", body: "bad request\n")
@@ -247,7 +247,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         if !WebSocketHandshake.isUpgradeRequest(req) {
             let (status, ctype, body) = server.delegate?.httpResponse(for: req) ?? (404, "text/plain", "not found\n")
             state = .closed
-            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: httpReason(status), body: body, contentType: ctype))
+            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: HTTPStatus.reasonPhrase(status), body: body, contentType: ctype))
             stream.closeAfterWrites()
             server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
             return
@@ -256,7 +256,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         case .reject(let status, let reason, let headers):
             server.metrics.httpErrors += 1
             state = .closed
-            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: httpReason(status), body: reason + "\n", headers: headers))
+            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: HTTPStatus.reasonPhrase(status), body: reason + "\n", headers: headers))
             stream.closeAfterWrites()
             server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
         case .accept(let key, let proto):
@@ -323,23 +323,6 @@ final class WebSocketConnection: TCPStreamDelegate {
                 return
             }
         }
-    }
-}
-
-func httpReason(_ status: Int) -> String {
-    switch status {
-    case 200: return "OK"
-    case 400: return "Bad Request"
-    case 401: return "Unauthorized"
-    case 403: return "Forbidden"
-    case 404: return "Not Found"
-    case 405: return "Method Not Allowed"
-    case 408: return "Request Timeout"
-    case 426: return "Upgrade Required"
-    case 431: return "Request Header Fields Too Large"
-    case 503: return "Service Unavailable"
-    case 505: return "HTTP Version Not Supported"
-    default: return "Error"
     }
 }
 
