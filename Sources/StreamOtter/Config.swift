@@ -14,6 +14,9 @@ public struct EngineConfig {
     public var embeddedBrokers = 3
     public var embeddedTopics: [(String, Int32)] = []
     public var handleSignals = false
+    /// "gateway" (streamotter.v1 bridged to Kafka) or "echo" (a WebSocket echo server with
+    /// no Kafka at all, for transport benchmarks and tests).
+    public var mode = "gateway"
     public var shutdownTimeoutMs: UInt64 = 10_000
     /// Milliseconds a metadata or offset lookup may take before a subscribe fails.
     public var kafkaLookupTimeoutMs: Int32 = 10_000
@@ -28,7 +31,7 @@ public struct EngineConfig {
     }
 
     public static let knownKeys = [
-        "listen", "reuseport", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
+        "listen", "reuseport", "mode", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
@@ -51,6 +54,9 @@ public struct EngineConfig {
         switch key {
         case "listen":
             (listenHost, listenPort) = try EngineConfig.parseHostPort(value)
+        case "mode":
+            guard value == "gateway" || value == "echo" else { throw ConfigError("mode: expected gateway or echo, got '\(value)'") }
+            mode = value
         case "reuseport":
             reusePort = ["1", "true", "yes", "on"].contains(value.lowercased())
         case "embedded.brokers": embeddedBrokers = try int(1, 16)

@@ -29,6 +29,7 @@ public final class Engine {
     private var consumer: KafkaFanoutConsumer?
     private var server: WebSocketServer?
     private var gateway: Gateway?
+    private var echoService: EchoService?
     private var thread: pthread_t?
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private var stopping = false
@@ -88,6 +89,23 @@ public final class Engine {
 
     private func setUp() throws {
         var cfg = config
+        if cfg.mode == "echo" {
+            let s = WebSocketServer(loop: loop, settings: cfg.ws)
+            server = s
+            let echo = EchoService(server: s)
+            echoService = echo
+            s.delegate = echo
+            do {
+                try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)
+            } catch {
+                tearDown()
+                throw error
+            }
+            port = s.port
+            listenAddress = s.boundAddress
+            installSignals(cfg)
+            return
+        }
         if cfg.usesEmbeddedKafka {
             let e = try EmbeddedKafka(brokers: cfg.embeddedBrokers)
             embedded = e
@@ -113,6 +131,11 @@ public final class Engine {
             tearDown()
             throw error
         }
+        installSignals(cfg)
+        Log.event("info", "engine_started", ["listen": listenAddress, "kafka": bootstrapServers, "embedded": embedded != nil ? "true" : "false"])
+    }
+
+    private func installSignals(_ cfg: EngineConfig) {
         if cfg.handleSignals {
             for sig in [SIGINT, SIGTERM] {
                 let h = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
@@ -128,7 +151,6 @@ public final class Engine {
                 signals.append(h)
             }
         }
-        Log.event("info", "engine_started", ["listen": listenAddress, "kafka": bootstrapServers, "embedded": embedded != nil ? "true" : "false"])
     }
 
     /// Graceful stop: stop accepting, answer in-flight publishes (up to the shutdown
@@ -147,6 +169,20 @@ public final class Engine {
     }
 
     private func beginStop() {
+        if echoService != nil, !stopping, let server {
+            stopping = true
+            server.stopListening()
+            server.closeAll(code: 1001, reason: "server shutting down")
+            let timer = LoopTimer(loop: loop)
+            let started = loopNowMs(loop)
+            timer.start(afterMs: 5, repeatMs: 5) { [unowned self] in
+                if server.connections.isEmpty || loopNowMs(self.loop) - started > server.settings.closeTimeoutMs + 500 {
+                    timer.close()
+                    self.finishStop(server)
+                }
+            }
+            return
+        }
         guard !stopping, let gateway, let server, let producer else { return }
         stopping = true
         gateway.shuttingDown = true
@@ -164,14 +200,18 @@ public final class Engine {
                 }
             } else if server.connections.isEmpty || now - started > self.config.shutdownTimeoutMs + server.settings.closeTimeoutMs + 500 {
                 timer.close()
-                server.shutdown()
-                for h in self.signals {
-                    uv_close(rawHandle(h)) { h in h?.deallocate() }
-                }
-                self.signals.removeAll()
-                self.loop.stop()
+                self.finishStop(server)
             }
         }
+    }
+
+    private func finishStop(_ server: WebSocketServer) {
+        server.shutdown()
+        for h in signals {
+            uv_close(rawHandle(h)) { h in h?.deallocate() }
+        }
+        signals.removeAll()
+        loop.stop()
     }
 
     private func tearDown() {
@@ -186,6 +226,7 @@ public final class Engine {
         producer?.close()
         producer = nil
         gateway = nil
+        echoService = nil
         server = nil
         embedded?.close()
         embedded = nil

@@ -4,11 +4,14 @@ import StreamOtter
 let usage = """
 usage: streamotter serve [--config FILE] [--listen HOST:PORT] [--brokers LIST]
                          [--kafka KEY=VALUE ...] [--set KEY=VALUE ...] [--topic NAME:PARTITIONS ...]
+                         [--engines N] [--echo]
        streamotter dev-kafka [--brokers N] [--topic NAME:PARTITIONS ...]
        streamotter version
 
 serve      runs the WebSocket <-> Kafka gateway. With no brokers it starts the embedded
            Kafka (librdkafka's mock cluster) and prints its bootstrap address.
+           --engines N runs N engines (one loop thread each) on one port with SO_REUSEPORT.
+           --echo runs a plain WebSocket echo server (no Kafka), for transport benchmarks.
 dev-kafka  runs only the embedded Kafka, for tests and other programs.
 """
 
@@ -49,6 +52,7 @@ case "serve":
     var config = EngineConfig()
     config.handleSignals = true
     var settings: [(String, String)] = []
+    var engines = 1
     var i = 0
     func value() -> String {
         i += 1
@@ -67,6 +71,10 @@ case "serve":
             settings.append(("kafka." + k, v))
         case "--set": settings.append(splitKV(value(), "--set"))
         case "--topic": settings.append(("embedded.topics", value()))
+        case "--echo": settings.append(("mode", "echo"))
+        case "--engines":
+            guard let n = Int(value()), n >= 1, n <= 64 else { fail("--engines expects 1..64") }
+            engines = n
         case "-h", "--help":
             say(usage)
             exit(0)
@@ -77,11 +85,35 @@ case "serve":
     do {
         for (k, v) in settings { try config.set(k, v) }
     } catch { fail("\(error)") }
+    var sharedKafka: DevKafka?
+    if engines > 1 {
+        config.reusePort = true
+        // One embedded Kafka for all engines, outliving every one of them.
+        if config.usesEmbeddedKafka && config.mode == "gateway" {
+            do {
+                let dev = try DevKafka(brokers: config.embeddedBrokers, topics: config.embeddedTopics.map { "\($0.0):\($0.1)" })
+                try config.set("kafka.bootstrap.servers", dev.bootstrapServers)
+                sharedKafka = dev
+            } catch { fail("\(error)") }
+        }
+    }
     let engine = Engine(config: config)
     do { try engine.start() } catch { fail("\(error)") }
-    say("kafka: \(engine.isEmbeddedKafka ? "embedded " : "")bootstrap.servers=\(engine.bootstrapServers)")
-    say("listening: ws://\(engine.listenAddress)/")
-    engine.wait()
+    var all = [engine]
+    // More engines on the same port (SO_REUSEPORT), sharing the first one's Kafka.
+    for _ in 1..<engines {
+        var c = config
+        c.listenPort = engine.port
+        let e = Engine(config: c)
+        do { try e.start() } catch { fail("\(error)") }
+        all.append(e)
+    }
+    if config.mode == "gateway" {
+        say("kafka: \(engine.isEmbeddedKafka || sharedKafka != nil ? "embedded " : "")bootstrap.servers=\(engine.bootstrapServers)")
+    }
+    say("listening: ws://\(engine.listenAddress)/\(engines > 1 ? " (\(engines) engines)" : "")")
+    for e in all { e.wait() }
+    withExtendedLifetime(sharedKafka) {}
     exit(0)
 
 case "dev-kafka":
