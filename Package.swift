@@ -23,7 +23,9 @@ let package = Package(
         .target(name: "StreamOtter",
                 dependencies: ["StreamOtterCore", "CUV", "CRdKafka", "COpenSSL", "CZlib", "CShim"]),
         // The C ABI: @_cdecl thunks only.
-        .target(name: "StreamOtterC", dependencies: ["StreamOtter"],
+        // The public header as a module, so the ABI layer uses the C types it declares.
+        .target(name: "CStreamOtterHeader"),
+        .target(name: "StreamOtterC", dependencies: ["StreamOtter", "CStreamOtterHeader", "CShim"],
                 exclude: ["exports.map"],
                 linkerSettings: [.unsafeFlags([
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/StreamOtterC/exports.map",

@@ -14,12 +14,25 @@
  *    lifetime of the object they came from (or forever, for static strings).
  *
  * Threading
+ *  - One engine is one libuv loop on its own thread. All engine state lives there.
  *  - sot_conf_* : a conf object must not be used from two threads at once.
- *  - sot_engine_new, sot_engine_start, sot_engine_stop, sot_engine_destroy: any thread,
- *    but not from inside one of the engine's own callbacks.
- *  - sot_engine_port, sot_engine_bootstrap_servers: any thread once start returned.
- *  - The engine runs its own thread (one libuv loop); no callback of this header runs on
- *    the caller's thread.
+ *  - sot_engine_new/start: any thread. sot_engine_stop/destroy: any thread but not from
+ *    inside a callback of that engine (stop returns SOT_ERR_IN_CALLBACK; destroy is then
+ *    deferred until the callback returns).
+ *  - Sending calls (sot_conn_send, sot_conn_close, sot_engine_publish, sot_client_send,
+ *    sot_client_publish, sot_client_subscribe, sot_client_unsubscribe, sot_client_close)
+ *    are safe from any thread, including from inside callbacks: they enqueue a command and
+ *    wake the loop.
+ *  - Callbacks run in one of two modes, chosen with the conf key "callbacks":
+ *      "thread" (default): on the engine's loop thread, as events happen;
+ *      "poll": queued; the host watches sot_engine_fd() with its own event loop and calls
+ *              sot_engine_poll() to run them on its own thread (Node.js, asyncio).
+ *    Either way a callback must not block: it holds up every connection of the engine.
+ *  - Pointers passed to a callback are valid for the duration of that call only; copy
+ *    what you keep.
+ *  - A function that takes a callback either fails (and the callback never runs) or
+ *    succeeds (and the callback runs exactly once, or, for message callbacks, until the
+ *    subscription ends). After sot_*_destroy returns, no callback of that object runs.
  *
  * Copyright (c) 2026 the StreamOtter authors. MIT License.
  */
@@ -27,6 +40,7 @@
 #define STREAMOTTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,8 +74,20 @@ typedef enum sot_status {
     /** Out of memory. */
     SOT_ERR_NOMEM = -6,
     /** An unexpected internal error. */
-    SOT_ERR_INTERNAL = -7
+    SOT_ERR_INTERNAL = -7,
+    /** The connection (or other object named by id) does not exist or is closed. */
+    SOT_ERR_NOT_FOUND = -8,
+    /** The call is not allowed from inside one of the engine's callbacks (it would wait
+     *  for the thread that runs it). */
+    SOT_ERR_IN_CALLBACK = -9,
+    /** The handle is not a live object of this library (already destroyed). */
+    SOT_ERR_BAD_HANDLE = -10
 } sot_status;
+
+/** Logical Kafka offsets for sot_consumer_assign / sot_consumer_seek. */
+#define SOT_OFFSET_BEGINNING (-2)
+#define SOT_OFFSET_END (-1)
+#define SOT_OFFSET_STORED (-1000)
 
 /** The library's version as a string, e.g. "0.1.0". Static storage. */
 SOT_API const char *sot_version(void);
@@ -144,9 +170,250 @@ SOT_API int sot_engine_port(const sot_engine *engine);
  *  embedded, or NULL when not started. Owned by the engine; valid until destroy. */
 SOT_API const char *sot_engine_bootstrap_servers(const sot_engine *engine);
 
-/** Stops the engine if it runs (as sot_engine_stop), then frees it. NULL is accepted. The
- *  handle must not be used afterwards. */
+/** Stops the engine if it runs (as sot_engine_stop), then frees it, with every client and
+ *  consumer created on it. NULL is accepted; a handle that was already destroyed is
+ *  ignored (sot_last_error() says so). Called from inside one of the engine's callbacks,
+ *  the stop and free happen right after that callback returns. */
 SOT_API void sot_engine_destroy(sot_engine *engine);
+
+/** The fd to watch for readability in "poll" callback mode: readable while callbacks wait
+ *  to be run by sot_engine_poll. Owned by the engine (do not close). Returns
+ *  SOT_ERR_STATE in "thread" mode. */
+SOT_API int sot_engine_fd(const sot_engine *engine);
+
+/** Runs up to `max_events` waiting callbacks (all when max_events <= 0) on the calling
+ *  thread and returns how many ran (>= 0), or SOT_ERR_STATE in "thread" mode. Call it
+ *  from one thread at a time. Does not block. */
+SOT_API int sot_engine_poll(sot_engine *engine, int max_events);
+
+/** Versions of the libraries the engine actually runs on, e.g.
+ *  "libuv 1.44.2; OpenSSL 3.0.x; librdkafka 2.0.2" (resolved at run time, so inside a host
+ *  that brings its own copies this shows which were bound). Static storage. */
+SOT_API const char *sot_runtime_info(void);
+
+/* ---------------------------------------------------------------------------------- */
+/* Gateway connections (server side)                                                   */
+
+/** A header or key/value pair. `value` points to `value_len` bytes (not NUL-terminated
+ *  unless stated). */
+typedef struct sot_header {
+    const char *name;
+    const char *value;
+    size_t value_len;
+} sot_header;
+
+/** Callbacks for the gateway's WebSocket connections. `size` must be set to
+ *  sizeof(sot_server_callbacks); fields may be NULL. Connection ids are never reused
+ *  within an engine. on_connect and on_close pair up one to one. */
+typedef struct sot_server_callbacks {
+    size_t size;
+    /** A WebSocket opened. `path` is the request target (path and query), `headers` the
+     *  request headers (value NUL-terminated too). */
+    void (*on_connect)(void *opaque, uint64_t conn, const char *path,
+                       const sot_header *headers, size_t n_headers);
+    /** A message arrived (is_text: 1 text, 0 binary). With gateway.protocol=streamotter.v1
+     *  (default) the gateway also handles it; with gateway.protocol=none only the host does. */
+    void (*on_message)(void *opaque, uint64_t conn, int is_text, const void *data, size_t len);
+    /** The connection closed (code 1006 when it was lost without a Close frame). */
+    void (*on_close)(void *opaque, uint64_t conn, int code, const char *reason);
+} sot_server_callbacks;
+
+/** Sets the connection callbacks (copied). Call before sot_engine_start; returns
+ *  SOT_ERR_STATE afterwards, SOT_ERR_INVALID_ARG on NULL or a too-small `size`. */
+SOT_API int sot_engine_set_server_callbacks(sot_engine *engine, const sot_server_callbacks *cbs,
+                                            void *opaque);
+
+/** Queues a message (copied) to connection `conn`. Any thread. Returns SOT_OK, or
+ *  SOT_ERR_NOT_FOUND when the connection is unknown or closed. */
+SOT_API int sot_conn_send(sot_engine *engine, uint64_t conn, const void *data, size_t len, int is_text);
+
+/** Starts the closing handshake of `conn` with `code` (1000-4999) and `reason` (may be
+ *  NULL; at most 123 bytes are sent). Any thread. SOT_ERR_NOT_FOUND as above,
+ *  SOT_ERR_INVALID_ARG for a code that may not be sent. */
+SOT_API int sot_conn_close(sot_engine *engine, uint64_t conn, int code, const char *reason);
+
+/** The answer to a produced record: status SOT_OK with partition and offset, or
+ *  SOT_ERR_KAFKA with `error` saying why (partition -1, offset -1). `topic` is the record's. */
+typedef void (*sot_delivery_cb)(void *opaque, int status, const char *error, const char *topic,
+                                int32_t partition, int64_t offset);
+
+/** Produces one record to `channel` (a Kafka topic) through the engine's idempotent
+ *  producer; subscribers of the channel receive it like any other record. `partition` -1
+ *  lets the partitioner choose (murmur2 of the key, as Java does). `key` may be NULL;
+ *  `headers` may be NULL when n_headers is 0. Everything is copied. Any thread. Returns
+ *  SOT_OK (then `cb`, if not NULL, runs exactly once with Kafka's answer),
+ *  SOT_ERR_STATE when the engine is not a running gateway, SOT_ERR_INVALID_ARG. */
+SOT_API int sot_engine_publish(sot_engine *engine, const char *channel, int32_t partition,
+                               const void *key, size_t key_len, const void *value, size_t value_len,
+                               const sot_header *headers, size_t n_headers,
+                               sot_delivery_cb cb, void *opaque);
+
+/* ---------------------------------------------------------------------------------- */
+/* WebSocket client (streamotter.v1, with reconnection)                                 */
+
+/** A client connection to a gateway (or any WebSocket server) that lives on an engine's
+ *  loop. It reconnects by itself: exponential backoff with full jitter between
+ *  "reconnect.initial_delay_ms" (100) and "reconnect.max_delay_ms" (10000); after
+ *  "circuit.failure_threshold" (5) consecutive failures the circuit opens (state
+ *  SOT_CLIENT_CIRCUIT_OPEN, on_error with code "circuit_open") and one probe is made after
+ *  "circuit.cooldown_ms" (30000). Pings every "client.ping_interval_ms" (5000) measure the
+ *  round trip; two missed pongs count the connection as lost. After a reconnect it
+ *  resubscribes every channel from the next offset of every partition and resends
+ *  unacknowledged publishes with their ids. Other keys: "client.subprotocols"
+ *  ("streamotter.v1"), "client.header.<Name>", "client.connect_timeout_ms",
+ *  "client.max_message_size", "reconnect.enabled". */
+typedef struct sot_client sot_client;
+
+typedef enum sot_client_state {
+    SOT_CLIENT_CONNECTING = 0,
+    SOT_CLIENT_OPEN = 1,
+    SOT_CLIENT_WAITING = 2,      /* backing off before the next attempt */
+    SOT_CLIENT_CIRCUIT_OPEN = 3,
+    SOT_CLIENT_CLOSED = 4
+} sot_client_state;
+
+/** Client callbacks. `size` must be sizeof(sot_client_callbacks); fields may be NULL.
+ *  on_open and on_close pair up one to one (one pair per connection). */
+typedef struct sot_client_callbacks {
+    size_t size;
+    void (*on_open)(void *opaque, const char *subprotocol /* NULL if none */);
+    /** Every message the server sends, before the protocol handling below. */
+    void (*on_message)(void *opaque, int is_text, const void *data, size_t len);
+    void (*on_close)(void *opaque, int code, const char *reason);
+    /** Connection failures, the circuit opening, gateway errors not tied to a request.
+     *  `code` is a short stable word ("connect_failed", "circuit_open", ...). */
+    void (*on_error)(void *opaque, const char *code, const char *message);
+} sot_client_callbacks;
+
+/** A message delivered through sot_client_subscribe. `size` is sizeof(sot_message) of the
+ *  library that filled it; fields are only ever appended. */
+typedef struct sot_message {
+    size_t size;
+    const char *channel;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp;   /* ms since the epoch, -1 when unknown */
+    const char *key;     /* NULL when the record has no (UTF-8) key */
+    const char *data;    /* JSON text of the value when it is JSON, else NULL */
+    size_t data_len;
+    const char *frame;   /* the whole streamotter.v1 "message" frame (JSON) */
+    size_t frame_len;
+} sot_message;
+
+typedef void (*sot_message_cb)(void *opaque, const sot_message *message);
+/** The answer to a request: status SOT_OK, or an error with the protocol's `code` (for
+ *  example "forbidden", "unknown_channel", "closed") and a message. */
+typedef void (*sot_result_cb)(void *opaque, int status, const char *code, const char *message);
+/** The answer to a publish: SOT_OK with the Kafka partition and offset, or an error. */
+typedef void (*sot_ack_cb)(void *opaque, int status, const char *code, const char *message,
+                           int32_t partition, int64_t offset);
+
+/** Creates a client for `url` ("ws://host:port/path") on `engine` (any mode; "client"
+ *  mode runs a loop with no gateway and no Kafka). `conf` may be NULL; it is copied.
+ *  `cbs` is copied and may be NULL. Returns NULL with a message in errstr on a bad URL or
+ *  configuration. The client does nothing until sot_client_start. */
+SOT_API sot_client *sot_client_new(sot_engine *engine, const char *url, const sot_conf *conf,
+                                   const sot_client_callbacks *cbs, void *opaque,
+                                   char *errstr, size_t errstr_size);
+
+/** Starts connecting. SOT_ERR_STATE if the engine is not running or the client was started. */
+SOT_API int sot_client_start(sot_client *client);
+
+/** Sends a raw message (copied) on the current connection. Any thread. SOT_OK when queued;
+ *  SOT_ERR_STATE when closed. (Messages sent while disconnected are dropped.) */
+SOT_API int sot_client_send(sot_client *client, const void *data, size_t len, int is_text);
+
+/** Publishes `json` (the JSON text of `data`; copied) to `channel` with an optional UTF-8
+ *  `key` (may be NULL). `cb` runs exactly once: with the ack after Kafka acknowledged, or
+ *  with an error ("closed" when the client is closed first). Unacknowledged publishes are
+ *  resent with the same id after a reconnect. Any thread. */
+SOT_API int sot_client_publish(sot_client *client, const char *channel, const char *key,
+                               const char *json, sot_ack_cb cb, void *opaque);
+
+/** Subscribes to `channel` from `from_json` (NULL or "\"latest\"", "\"earliest\"",
+ *  "{\"offsets\":{\"0\":42}}", "{\"timestamp\":1733220000000}"). `on_message` runs for
+ *  every message until unsubscribe or close; `on_result` (may be NULL) runs once with the
+ *  gateway's answer. Any thread. SOT_ERR_INVALID_ARG for a bad from_json. */
+SOT_API int sot_client_subscribe(sot_client *client, const char *channel, const char *from_json,
+                                 sot_message_cb on_message, sot_result_cb on_result, void *opaque);
+
+/** Ends a subscription; `cb` (may be NULL) runs once. Any thread. */
+SOT_API int sot_client_unsubscribe(sot_client *client, const char *channel, sot_result_cb cb,
+                                   void *opaque);
+
+/** Health of a client. Set `size` to sizeof(sot_client_health) before the call. */
+typedef struct sot_client_health {
+    size_t size;
+    int state;                 /* sot_client_state */
+    int score;                 /* 0 (unusable) .. 100 */
+    double rtt_ms;             /* last ping round trip */
+    int missed_pongs;
+    int consecutive_failures;
+    int reconnects;
+} sot_client_health;
+
+/** Fills `out` (up to out->size bytes). Any thread. */
+SOT_API int sot_client_get_health(const sot_client *client, sot_client_health *out);
+
+/** Closes for good with `code` (1000 when 0) and `reason` (may be NULL): no reconnect;
+ *  pending publishes and subscriptions are answered with "closed". Any thread. */
+SOT_API int sot_client_close(sot_client *client, int code, const char *reason);
+
+/** Closes (if needed) and frees the client. No callback of it runs after this returns
+ *  (unless called from inside one of its callbacks, where the rest of that callback is the
+ *  last). NULL is accepted. */
+SOT_API void sot_client_destroy(sot_client *client);
+
+/* ---------------------------------------------------------------------------------- */
+/* Kafka consumer                                                                      */
+
+/** A Kafka record delivered to a consumer. `size` is sizeof(sot_record) of the library. */
+typedef struct sot_record {
+    size_t size;
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp;          /* ms since the epoch, -1 when unknown */
+    const void *key;            /* NULL when none */
+    size_t key_len;
+    const void *value;          /* NULL for a tombstone */
+    size_t value_len;
+    const sot_header *headers;  /* value NULL for a null header value */
+    size_t n_headers;
+} sot_record;
+
+typedef void (*sot_record_cb)(void *opaque, const sot_record *record);
+
+/** A Kafka consumer whose records arrive through the engine (thread or poll mode).
+ *  `conf` keys: "kafka.<librdkafka property>" ("kafka.group.id" for group consumption);
+ *  the engine's bootstrap servers are used unless "kafka.bootstrap.servers" is given.
+ *  The engine must be running. Returns NULL with errstr set on error. */
+typedef struct sot_consumer sot_consumer;
+SOT_API sot_consumer *sot_consumer_new(sot_engine *engine, const sot_conf *conf,
+                                       sot_record_cb cb, void *opaque,
+                                       char *errstr, size_t errstr_size);
+
+/** Joins the consumer group (kafka.group.id) for these topics. */
+SOT_API int sot_consumer_subscribe(sot_consumer *consumer, const char *const *topics, size_t n_topics);
+
+/** Adds one partition to the assignment, starting at `offset` (or SOT_OFFSET_*). */
+SOT_API int sot_consumer_assign(sot_consumer *consumer, const char *topic, int32_t partition, int64_t offset);
+
+/** Moves an assigned partition to `offset`: replay from there (no record fetched for the
+ *  old position is delivered afterwards). */
+SOT_API int sot_consumer_seek(sot_consumer *consumer, const char *topic, int32_t partition, int64_t offset);
+
+/** Moves every assigned partition of `topic` to the first record at or after
+ *  `timestamp_ms`. Blocks for an offset lookup. */
+SOT_API int sot_consumer_seek_time(sot_consumer *consumer, const char *topic, int64_t timestamp_ms);
+
+/** Commits the position of everything delivered so far (synchronous, blocks). */
+SOT_API int sot_consumer_commit(sot_consumer *consumer);
+
+/** Closes (leaves the group) and frees. No callback runs after it returns. NULL accepted.
+ *  Not from inside this consumer's own callback (ignored with SOT_ERR_IN_CALLBACK in
+ *  sot_last_error). */
+SOT_API void sot_consumer_destroy(sot_consumer *consumer);
 
 #ifdef __cplusplus
 }

@@ -14,12 +14,27 @@ public struct EngineConfig {
     public var embeddedBrokers = 3
     public var embeddedTopics: [(String, Int32)] = []
     public var handleSignals = false
-    /// "gateway" (streamotter.v1 bridged to Kafka) or "echo" (a WebSocket echo server with
-    /// no Kafka at all, for transport benchmarks and tests).
+    /// "gateway" (streamotter.v1 bridged to Kafka), "echo" (a WebSocket echo server with
+    /// no Kafka at all, for transport benchmarks and tests) or "client" (no listener and no
+    /// Kafka: a loop for WebSocket clients only).
     public var mode = "gateway"
+    /// How the C ABI delivers callbacks: "thread" (on the engine's loop thread) or "poll"
+    /// (queued until the host calls sot_engine_poll on its own thread).
+    public var callbackMode = "thread"
+    /// false when `gateway.protocol=none`: messages go to the host's hooks only.
+    public var handleProtocol = true
     public var shutdownTimeoutMs: UInt64 = 10_000
     /// Milliseconds a metadata or offset lookup may take before a subscribe fails.
     public var kafkaLookupTimeoutMs: Int32 = 10_000
+    /// Publish resends answered from memory: most acknowledged (channel, id) entries kept
+    /// (0 turns the dedupe window off), and for how long.
+    public var dedupeWindow = 100_000
+    public var dedupeWindowMs: UInt64 = 120_000
+    /// Messages per second per replayed partition (0: no limit).
+    public var replayRate = 10_000
+    /// What happens to a subscriber over `ws.max_buffered_bytes`: close it (with its
+    /// positions) or pause it until its socket drains.
+    public var slowConsumerPause = false
     var ws = WebSocketSettings()
     private var idleTimeoutSet = false
 
@@ -31,10 +46,11 @@ public struct EngineConfig {
     }
 
     public static let knownKeys = [
-        "listen", "reuseport", "mode", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
+        "listen", "reuseport", "mode", "callbacks", "gateway.protocol", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
+        "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer",
     ]
 
     /// Sets one key. Throws ConfigError with a message naming the key on a bad key or value.
@@ -55,8 +71,18 @@ public struct EngineConfig {
         case "listen":
             (listenHost, listenPort) = try EngineConfig.parseHostPort(value)
         case "mode":
-            guard value == "gateway" || value == "echo" else { throw ConfigError("mode: expected gateway or echo, got '\(value)'") }
+            guard ["gateway", "echo", "client"].contains(value) else {
+                throw ConfigError("mode: expected gateway, echo or client, got '\(value)'")
+            }
             mode = value
+        case "callbacks":
+            guard value == "thread" || value == "poll" else { throw ConfigError("callbacks: expected thread or poll, got '\(value)'") }
+            callbackMode = value
+        case "gateway.protocol":
+            guard value == "streamotter.v1" || value == "none" else {
+                throw ConfigError("gateway.protocol: expected streamotter.v1 or none, got '\(value)'")
+            }
+            handleProtocol = value != "none"
         case "reuseport":
             reusePort = ["1", "true", "yes", "on"].contains(value.lowercased())
         case "embedded.brokers": embeddedBrokers = try int(1, 16)
@@ -78,6 +104,14 @@ public struct EngineConfig {
         case "ws.max_buffered_bytes": ws.maxBufferedBytes = try int(1024)
         case "ws.max_header_bytes": ws.http.maxHeaderBytes = try int(256, 1 << 20)
         case "ws.max_headers": ws.http.maxHeaderCount = try int(4, 10_000)
+        case "gateway.dedupe_window": dedupeWindow = try int(0, 10_000_000)
+        case "gateway.dedupe_window_ms": dedupeWindowMs = UInt64(try int(0))
+        case "gateway.replay_rate": replayRate = try int(0, 100_000_000)
+        case "ws.slow_consumer":
+            guard value == "close" || value == "pause" else {
+                throw ConfigError("ws.slow_consumer: expected close or pause, got '\(value)'")
+            }
+            slowConsumerPause = value == "pause"
         default:
             if key.hasPrefix("kafka.") {
                 kafka.append((String(key.dropFirst(6)), value)); return

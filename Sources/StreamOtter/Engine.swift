@@ -27,17 +27,26 @@ public final class Engine {
     private var embedded: EmbeddedKafka?
     private var producer: KafkaProducer?
     private var consumer: KafkaFanoutConsumer?
-    private var server: WebSocketServer?
-    private var gateway: Gateway?
+    var server: WebSocketServer?
+    var gateway: Gateway?
     private var echoService: EchoService?
+    private var keepAlive: LoopTimer?
+    /// Clients running on this engine's loop (closed when the engine stops).
+    private var clients: [ObjectIdentifier: StreamClient] = [:]
+
+    func register(_ c: StreamClient) { clients[ObjectIdentifier(c)] = c }
+    func unregister(_ c: StreamClient) { clients.removeValue(forKey: ObjectIdentifier(c)) }
     private var thread: pthread_t?
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
-    private var stopping = false
+    var stopping = false
     private var started = false
     /// True once start succeeded.
     public var isRunning: Bool { thread != nil }
     private var finished = false
-    private var mutex = pthread_mutex_t()
+    var mutex = pthread_mutex_t()
+    var liveConnections = Set<UInt64>()
+    /// Set before start.
+    public var serverHooks = ServerHooks()
     private var cond = pthread_cond_t()
 
     /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
@@ -89,6 +98,12 @@ public final class Engine {
 
     private func setUp() throws {
         var cfg = config
+        if cfg.mode == "client" {
+            installSignals(cfg)
+            keepAlive = LoopTimer(loop: loop)
+            keepAlive?.start(afterMs: 1 << 40) {}
+            return
+        }
         if cfg.mode == "echo" {
             let s = WebSocketServer(loop: loop, settings: cfg.ws)
             server = s
@@ -122,6 +137,7 @@ public final class Engine {
             server = s
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
             g.kafkaDescription = embedded != nil ? "embedded" : "external"
+            if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
             gateway = g
             s.delegate = g
             try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)
@@ -169,6 +185,23 @@ public final class Engine {
     }
 
     private func beginStop() {
+        guard !stopping else { return }
+        for c in clients.values { c.shutdown(code: 1001, reason: "engine stopping") }
+        clients.removeAll()
+        if config.mode == "client" {
+            stopping = true
+            keepAlive?.close()
+            keepAlive = nil
+            let t = LoopTimer(loop: loop)
+            // Give clients' Close frames a moment to go out.
+            t.start(afterMs: 50) { [unowned self] in
+                t.close()
+                for h in self.signals { uv_close(rawHandle(h)) { h in h?.deallocate() } }
+                self.signals.removeAll()
+                self.loop.stop()
+            }
+            return
+        }
         if echoService != nil, !stopping, let server {
             stopping = true
             server.stopListening()
@@ -234,4 +267,90 @@ public final class Engine {
         finished = true
         Log.event("info", "engine_stopped")
     }
+}
+
+/// The embedding host's callbacks for gateway connections. They run on the loop thread.
+public struct ServerHooks {
+    /// (connection id, request target, request headers)
+    public var onConnect: ((UInt64, String, [(String, String)]) -> Void)?
+    /// (connection id, is text, message bytes)
+    public var onMessage: ((UInt64, Bool, [UInt8]) -> Void)?
+    /// (connection id, close code, reason); pairs one to one with onConnect.
+    public var onClose: ((UInt64, UInt16, String) -> Void)?
+    public init() {}
+}
+
+extension Engine: GatewayHooks {
+    func connectionOpened(_ id: UInt64, path: String, headers: [(String, String)]) {
+        pthread_mutex_lock(&mutex)
+        liveConnections.insert(id)
+        pthread_mutex_unlock(&mutex)
+        serverHooks.onConnect?(id, path, headers)
+    }
+
+    func connectionMessage(_ id: UInt64, text: Bool, _ bytes: [UInt8]) {
+        serverHooks.onMessage?(id, text, bytes)
+    }
+
+    func connectionClosed(_ id: UInt64, code: UInt16, reason: String) {
+        pthread_mutex_lock(&mutex)
+        liveConnections.remove(id)
+        pthread_mutex_unlock(&mutex)
+        serverHooks.onClose?(id, code, reason)
+    }
+
+    private func isLive(_ id: UInt64) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return liveConnections.contains(id)
+    }
+
+    /// Queues a message to gateway connection `id` (any thread). False when the connection
+    /// is unknown or closed.
+    @discardableResult
+    public func send(connection id: UInt64, _ bytes: [UInt8], text: Bool = true) -> Bool {
+        guard isLive(id) else { return false }
+        loop.post { [weak self] in
+            guard let c = self?.server?.connections[id] else { return }
+            _ = bytes.withUnsafeBytes { c.sendFrame(text ? .text : .binary, $0) }
+        }
+        return true
+    }
+
+    /// Starts the closing handshake of connection `id` with `code` (any thread).
+    @discardableResult
+    public func closeConnection(_ id: UInt64, code: UInt16, reason: String) -> Bool {
+        guard isLive(id) else { return false }
+        loop.post { [weak self] in self?.server?.connections[id]?.close(code: code, reason: reason) }
+        return true
+    }
+
+    /// Produces one record to `topic` (a channel) through the engine's producer (any
+    /// thread). `completion` runs once on the loop thread with Kafka's answer. Throws when
+    /// the engine has no producer (not a running gateway).
+    public func publish(topic: String, partition: Int32 = -1, key: [UInt8]?, headers: [(String, [UInt8])] = [], value: [UInt8],
+                        completion: @escaping (Result<PublishAck, StreamOtterError>) -> Void) throws {
+        guard isRunning, config.mode == "gateway" else {
+            throw StreamOtterError(.state, "publish needs a running engine in gateway mode")
+        }
+        guard !topic.isEmpty else { throw StreamOtterError(.config, "topic must not be empty") }
+        loop.post { [weak self] in
+            guard let self, let g = self.gateway, !self.stopping else {
+                completion(.failure(StreamOtterError(.state, "the engine is stopping")))
+                return
+            }
+            if let e = g.hostPublish(topic: topic, partition: partition, key: key, headers: headers, value: value, done: { err, p, o in
+                if let err { completion(.failure(StreamOtterError(.kafka, err.description))) }
+                else { completion(.success(PublishAck(channel: topic, partition: p, offset: o))) }
+            }) {
+                completion(.failure(StreamOtterError(.kafka, e.description)))
+            }
+        }
+    }
+
+    /// Runs `f` on the loop thread (any thread).
+    public func runOnLoop(_ f: @escaping () -> Void) { loop.post(f) }
+
+    /// True on the engine's loop thread.
+    public var isLoopThread: Bool { loop.isLoopThread }
 }

@@ -118,6 +118,13 @@ final class EventLoop {
         uv_close(rawHandle(asyncHandle)) { h in h?.deallocate() }
         uv_close(rawHandle(idleHandle)) { h in h?.deallocate() }
         uv_close(rawHandle(checkHandle)) { h in h?.deallocate() }
+        // Anything still open (a socket whose peer never closed) is closed without its
+        // owner's callback; the small allocation is left to process exit.
+        uv_walk(uv, { h, _ in
+            guard let h, uv_is_closing(h) == 0 else { return }
+            h.pointee.data = nil
+            uv_close(h, nil)
+        }, nil)
         // Let close callbacks (and any other pending closes) run.
         uv_run(uv, UV_RUN_DEFAULT)
         uv_loop_close(uv)

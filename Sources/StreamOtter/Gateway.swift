@@ -42,6 +42,13 @@ final class PartitionFeed {
     init(_ tp: TopicPartition) { self.tp = tp }
 }
 
+/// What the gateway tells the embedding host about connections. Loop thread.
+protocol GatewayHooks: AnyObject {
+    func connectionOpened(_ id: UInt64, path: String, headers: [(String, String)])
+    func connectionMessage(_ id: UInt64, text: Bool, _ bytes: [UInt8])
+    func connectionClosed(_ id: UInt64, code: UInt16, reason: String)
+}
+
 /// The `streamotter.v1` protocol over WebSocket connections, bridged to Kafka.
 /// Loop thread only.
 final class Gateway: WebSocketServerDelegate {
@@ -55,6 +62,8 @@ final class Gateway: WebSocketServerDelegate {
     private var nextToken: UInt64 = 1
     private var scratch: [UInt8] = []
     var shuttingDown = false
+    /// The embedding host's view of connections (the engine).
+    weak var hooks: GatewayHooks?
     var kafkaDescription = ""
     let startedAt = loopStartTime()
 
@@ -80,7 +89,7 @@ final class Gateway: WebSocketServerDelegate {
         consumer.onMessage = { [unowned self] m in self.consumed(m) }
     }
 
-    var inFlightPublishes: Int { pendingPublishes.count }
+    var inFlightPublishes: Int { pendingPublishes.count + hostPublishes.count }
 
     // MARK: HTTP
 
@@ -127,9 +136,11 @@ final class Gateway: WebSocketServerDelegate {
 
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {
         c.session = Session()
+        hooks?.connectionOpened(c.id, path: request.target, headers: request.headers.map { ($0.name, $0.value) })
     }
 
     func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String) {
+        hooks?.connectionClosed(c.id, code: code, reason: reason)
         guard let s = c.session as? Session else { return }
         s.closed = true
         for sub in s.subscriptions.values { detach(sub) }
@@ -140,6 +151,8 @@ final class Gateway: WebSocketServerDelegate {
     func connectionDrained(_ c: WebSocketConnection) {}
 
     func connectionBinary(_ c: WebSocketConnection, _ message: [UInt8]) {
+        hooks?.connectionMessage(c.id, text: false, message)
+        guard config.handleProtocol else { return }
         reply(c, ServerFrames.error(id: nil, code: "unsupported", message: "binary frames are not supported by streamotter.v1; send JSON text frames"))
     }
 
@@ -156,6 +169,8 @@ final class Gateway: WebSocketServerDelegate {
     }
 
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
+        hooks?.connectionMessage(c.id, text: true, message)
+        guard config.handleProtocol else { return }
         let request: ClientRequest
         do {
             request = try message.withUnsafeBytes { try ProtocolParser.parse($0) }
@@ -203,7 +218,25 @@ final class Gateway: WebSocketServerDelegate {
         pendingPublishes[token] = PendingPublish(connection: c.id, id: id, channel: channel)
     }
 
+    /// Produces one record for the host (not for a connection); `done` runs on the loop
+    /// thread exactly once if this returns nil.
+    func hostPublish(topic: String, partition: Int32, key: [UInt8]?, headers: [(String, [UInt8])], value: [UInt8],
+                     done: @escaping (KafkaError?, Int32, Int64) -> Void) -> KafkaError? {
+        let token = nextToken
+        nextToken += 1
+        let rc = producer.produce(topic: topic, partition: partition, key: key, headers: headers, value: value, token: token)
+        if rc != RD_KAFKA_RESP_ERR_NO_ERROR { return KafkaError(rc) }
+        hostPublishes[token] = done
+        return nil
+    }
+
+    private var hostPublishes: [UInt64: (KafkaError?, Int32, Int64) -> Void] = [:]
+
     private func delivered(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
+        if let done = hostPublishes.removeValue(forKey: token) {
+            done(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err), partition, offset)
+            return
+        }
         guard let p = pendingPublishes.removeValue(forKey: token) else { return }
         if err == RD_KAFKA_RESP_ERR_NO_ERROR { server.metrics.acks += 1 } else { server.metrics.publishFailures += 1 }
         guard let c = server.connections[p.connection], c.isOpen else { return }
@@ -243,8 +276,8 @@ final class Gateway: WebSocketServerDelegate {
             case .failure(let e):
                 self.reply(c, ServerFrames.error(id: id, code: e.code, message: e.message))
             case .success(let plan):
-                self.attach(c, session, channel: channel, plan: plan)
-                self.reply(c, ServerFrames.ok(id: id))
+                let starts = self.attach(c, session, channel: channel, plan: plan)
+                self.reply(c, ServerFrames.subscribed(id: id, channel: channel, offsets: starts))
             }
         })
     }
@@ -305,7 +338,8 @@ final class Gateway: WebSocketServerDelegate {
         return .success(plan)
     }
 
-    private func attach(_ c: WebSocketConnection, _ session: Session, channel: String, plan: Plan) {
+    /// Registers the subscription on each partition's feed; returns where it starts.
+    private func attach(_ c: WebSocketConnection, _ session: Session, channel: String, plan: Plan) -> [(Int32, Int64)] {
         let sub = ChannelSubscription(channel: channel, connection: c)
         for (p, start) in plan.start.sorted(by: { $0.key < $1.key }) {
             let tp = TopicPartition(topic: channel, partition: p)
@@ -336,6 +370,7 @@ final class Gateway: WebSocketServerDelegate {
             sub.feeds.append(feed)
         }
         session.subscriptions[channel] = sub
+        return sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     private func detach(_ sub: ChannelSubscription) {

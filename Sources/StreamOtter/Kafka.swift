@@ -102,6 +102,9 @@ final class KafkaProducer {
     /// (token, error, partition, offset) for every produced record, exactly once.
     var onDelivery: ((UInt64, rd_kafka_resp_err_t, Int32, Int64) -> Void)?
     var onError: ((KafkaError, Bool) -> Void)?
+    /// Called after a pass that served at least one event (delivery reports free queue
+    /// room: the moment to retry publishes held back by a full queue).
+    var afterEvents: (() -> Void)?
 
     static let defaults: [(String, String)] = [
         ("client.id", "streamotter"),
@@ -145,6 +148,7 @@ final class KafkaProducer {
             }
             rd_kafka_event_destroy(ev)
         }
+        if n > 0 { afterEvents?() }
         return n == budget
     }
 

@@ -78,6 +78,15 @@ final class TCPStream: TurnFlushable {
         handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
     }
 
+    /// Wraps a handle that `TCPConnector` connected.
+    init(loop: EventLoop, connected handle: UnsafeMutablePointer<uv_tcp_t>, peer: String) {
+        self.loop = loop
+        self.handle = handle
+        self.peer = peer
+        uv_tcp_nodelay(handle, 1)
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
     static func from(_ h: UnsafeMutableRawPointer?) -> TCPStream? {
         guard let h else { return nil }
         let hp = h.assumingMemoryBound(to: uv_handle_t.self)
@@ -312,5 +321,90 @@ final class TCPListener {
         onConnection = nil
         handle.pointee.data = nil
         uv_close(rawHandle(handle)) { h in h?.deallocate() }
+    }
+}
+
+/// Resolves a host name and connects, on the loop. Calls `done` exactly once, unless
+/// `cancel` was called first. Loop thread only.
+final class TCPConnector {
+    private let loop: EventLoop
+    private var done: ((Result<TCPStream, UVError>) -> Void)?
+    private var handle: UnsafeMutablePointer<uv_tcp_t>?
+    private var peer = ""
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func connect(host: String, port: Int, _ done: @escaping (Result<TCPStream, UVError>) -> Void) {
+        self.done = done
+        let req = UnsafeMutablePointer<uv_getaddrinfo_t>.allocate(capacity: 1)
+        req.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        let h = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let rc = uv_getaddrinfo(loop.uv, req, { req, status, res in
+            guard let req, let d = req.pointee.data else { return }
+            let me = Unmanaged<TCPConnector>.fromOpaque(d).takeRetainedValue()
+            req.deallocate()
+            defer { if let res { uv_freeaddrinfo(res) } }
+            guard status == 0, let res, let addr = res.pointee.ai_addr else {
+                me.finish(.failure(UVError(status == 0 ? -EINVAL : status)))
+                return
+            }
+            me.connectResolved(addr)
+        }, h, String(port), &hints)
+        if rc != 0 {
+            Unmanaged<TCPConnector>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            loop.post { [self] in self.finish(.failure(UVError(rc))) }
+        }
+    }
+
+    private func connectResolved(_ addr: UnsafeMutablePointer<sockaddr>) {
+        guard done != nil else { return }
+        peer = formatAddress(addr)
+        let h = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
+        uv_tcp_init(loop.uv, h)
+        handle = h
+        let req = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
+        req.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        let rc = uv_tcp_connect(req, h, addr) { req, status in
+            guard let req, let d = req.pointee.data else { return }
+            let me = Unmanaged<TCPConnector>.fromOpaque(d).takeRetainedValue()
+            req.deallocate()
+            guard let h = me.handle else { return }
+            me.handle = nil
+            if status == 0, me.done != nil {
+                me.finish(.success(TCPStream(loop: me.loop, connected: h, peer: me.peer)))
+            } else {
+                uv_close(rawHandle(h)) { $0?.deallocate() }
+                me.finish(.failure(UVError(status == 0 ? -ECANCELED : status)))
+            }
+        }
+        if rc != 0 {
+            Unmanaged<TCPConnector>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            handle = nil
+            uv_close(rawHandle(h)) { $0?.deallocate() }
+            finish(.failure(UVError(rc)))
+        }
+    }
+
+    private func finish(_ r: Result<TCPStream, UVError>) {
+        guard let d = done else {
+            if case .success(let s) = r { s.close() }
+            return
+        }
+        done = nil
+        d(r)
+    }
+
+    /// No callback runs after this; a connection still in progress is closed.
+    func cancel() {
+        done = nil
+        if let h = handle {
+            handle = nil
+            uv_close(rawHandle(h)) { $0?.deallocate() }
+        }
     }
 }

@@ -159,6 +159,27 @@ final class WebSocketConnection: TCPStreamDelegate {
         }
     }
 
+    // MARK: inbound backpressure
+
+    /// True while the layer above has stopped reading from this connection.
+    private(set) var inboundHeld = false
+
+    /// Stops reading from the socket (TCP backpressure on the peer) until
+    /// `releaseInbound`. Requests already received are still delivered. The idle timeout
+    /// does not run meanwhile.
+    func holdInbound() {
+        guard !inboundHeld, isOpen else { return }
+        inboundHeld = true
+        stream.stopReading()
+    }
+
+    func releaseInbound() {
+        guard inboundHeld else { return }
+        inboundHeld = false
+        lastReceive = loopNowMs(server.loop)
+        if isOpen { stream.startReading() }
+    }
+
     // MARK: timers (called by the server's sweep)
 
     func sweep(now: UInt64) {
@@ -174,7 +195,12 @@ final class WebSocketConnection: TCPStreamDelegate {
                 server.lingering(stream, deadline: now + s.closeTimeoutMs)
             }
         case .open:
-            if now &- lastReceive >= s.idleTimeoutMs {
+            if inboundHeld {
+                // We stopped reading on purpose (inbound backpressure): the peer's silence
+                // is ours, not a sign of death. The clock restarts when reading resumes.
+                break
+            }
+            if s.idleTimeoutMs > 0 && now &- lastReceive >= s.idleTimeoutMs {
                 fail(code: 1001, reason: "idle timeout")
             } else if s.pingIntervalMs > 0 && now &- lastPing >= s.pingIntervalMs && now &- lastReceive >= s.pingIntervalMs {
                 lastPing = now

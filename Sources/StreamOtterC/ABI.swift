@@ -2,6 +2,7 @@
 // with a thread-local message. No behaviour lives here.
 import Glibc
 import StreamOtter
+import CStreamOtterHeader
 
 /// The one table of status codes: enum values, names, descriptions. Never renumber.
 let statusTable: [(Int32, String, String)] = [
@@ -13,6 +14,9 @@ let statusTable: [(Int32, String, String)] = [
     (-5, "SOT_ERR_IO", "I/O or system error"),
     (-6, "SOT_ERR_NOMEM", "out of memory"),
     (-7, "SOT_ERR_INTERNAL", "internal error"),
+    (-8, "SOT_ERR_NOT_FOUND", "no such connection or object (unknown or closed)"),
+    (-9, "SOT_ERR_IN_CALLBACK", "not allowed from inside one of the engine's callbacks"),
+    (-10, "SOT_ERR_BAD_HANDLE", "not a live handle (already destroyed)"),
 ]
 
 /// C strings for the table, allocated once and never freed (static storage for C).
@@ -109,9 +113,14 @@ public func sot_conf_set(_ conf: OpaquePointer?, _ key: UnsafePointer<CChar>?, _
     let h = Unmanaged<ConfHandle>.fromOpaque(UnsafeRawPointer(conf)).takeUnretainedValue()
     let k = String(cString: key), v = String(cString: value)
     // Validate against a scratch configuration so errors surface at set time.
-    var scratch = EngineConfig()
     do {
-        try scratch.set(k, v)
+        if ClientConfig.isClientKey(k) {
+            var scratch = ClientConfig()
+            try scratch.set(k, v)
+        } else {
+            var scratch = EngineConfig()
+            try scratch.set(k, v)
+        }
     } catch {
         copyOut("\(error)", errstr, errsize)
         return fail(-2, "\(error)")
@@ -136,76 +145,3 @@ public func sot_conf_destroy(_ conf: OpaquePointer?) {
     Unmanaged<ConfHandle>.fromOpaque(UnsafeRawPointer(conf)).release()
 }
 
-// MARK: engine
-
-final class EngineHandle {
-    let engine: Engine
-    var bootstrap: UnsafeMutablePointer<CChar>?
-    var stopped = false
-    init(_ e: Engine) { engine = e }
-    deinit { free(bootstrap) }
-}
-
-func engineHandle(_ p: OpaquePointer?) -> EngineHandle? {
-    guard let p else { return nil }
-    return Unmanaged<EngineHandle>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
-}
-
-@_cdecl("sot_engine_new")
-public func sot_engine_new(_ conf: OpaquePointer?, _ errstr: UnsafeMutablePointer<CChar>?, _ errsize: Int) -> OpaquePointer? {
-    var config = EngineConfig()
-    if let conf {
-        let h = Unmanaged<ConfHandle>.fromOpaque(UnsafeRawPointer(conf)).takeUnretainedValue()
-        do {
-            for (k, v) in h.entries { try config.set(k, v) }
-        } catch {
-            copyOut("\(error)", errstr, errsize)
-            setLastError("\(error)")
-            return nil
-        }
-    }
-    return OpaquePointer(Unmanaged.passRetained(EngineHandle(Engine(config: config))).toOpaque())
-}
-
-@_cdecl("sot_engine_start")
-public func sot_engine_start(_ e: OpaquePointer?) -> Int32 {
-    guard let h = engineHandle(e) else { return fail(-1, "engine must not be NULL") }
-    do {
-        try h.engine.start()
-    } catch {
-        return fail(code(for: error), "\(error)")
-    }
-    h.bootstrap = strdup(h.engine.bootstrapServers)
-    return 0
-}
-
-@_cdecl("sot_engine_stop")
-public func sot_engine_stop(_ e: OpaquePointer?) -> Int32 {
-    guard let h = engineHandle(e) else { return fail(-1, "engine must not be NULL") }
-    if h.stopped { return 0 }
-    guard h.engine.isRunning else { return fail(-3, "the engine is not running") }
-    h.engine.stop()
-    h.engine.wait()
-    h.stopped = true
-    return 0
-}
-
-@_cdecl("sot_engine_port")
-public func sot_engine_port(_ e: OpaquePointer?) -> Int32 {
-    guard let h = engineHandle(e) else { return fail(-1, "engine must not be NULL") }
-    guard h.bootstrap != nil else { return fail(-3, "the engine is not started") }
-    return Int32(h.engine.port)
-}
-
-@_cdecl("sot_engine_bootstrap_servers")
-public func sot_engine_bootstrap_servers(_ e: OpaquePointer?) -> UnsafePointer<CChar>? {
-    guard let h = engineHandle(e) else { return nil }
-    return h.bootstrap.map { UnsafePointer($0) }
-}
-
-@_cdecl("sot_engine_destroy")
-public func sot_engine_destroy(_ e: OpaquePointer?) {
-    guard let e, let h = engineHandle(e) else { return }
-    if h.engine.isRunning && !h.stopped { _ = sot_engine_stop(e) }
-    Unmanaged<EngineHandle>.fromOpaque(UnsafeRawPointer(e)).release()
-}

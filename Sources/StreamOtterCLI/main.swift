@@ -12,7 +12,11 @@ serve      runs the WebSocket <-> Kafka gateway. With no brokers it starts the e
            Kafka (librdkafka's mock cluster) and prints its bootstrap address.
            --engines N runs N engines (one loop thread each) on one port with SO_REUSEPORT.
            --echo runs a plain WebSocket echo server (no Kafka), for transport benchmarks.
-dev-kafka  runs only the embedded Kafka, for tests and other programs.
+dev-kafka  runs only the embedded Kafka, for tests and other programs. Reads fault-injection
+           commands on stdin, one per line, and answers each with `ok ...` or `error ...`:
+           broker-down ID | broker-up ID | rtt ID MS | request-errors APIKEY CODE COUNT |
+           clear-request-errors APIKEY | leader TOPIC PARTITION BROKER | topic NAME PARTITIONS | ping
+           (ID -1: every broker; brokers are numbered from 1).
 """
 
 func fail(_ msg: String) -> Never {
@@ -137,6 +141,7 @@ case "dev-kafka":
     do {
         let dev = try DevKafka(brokers: brokers, topics: topics)
         say("kafka: embedded bootstrap.servers=\(dev.bootstrapServers)")
+        dev.serveControlOnStdin()
         dev.runUntilSignal()
         exit(0)
     } catch { fail("\(error)") }

@@ -158,3 +158,25 @@ public enum ServerFrames {
         out.append(UInt8(ascii: "\""))
     }
 }
+
+extension ServerFrames {
+    /// The answer to a subscribe: `{"op":"ok","id":"s1","channel":"orders","offsets":{"0":42,"1":7}}`
+    /// with the next offset of every partition at which the subscription starts, so a client
+    /// can resume every partition, including those that have not delivered anything yet.
+    public static func subscribed(id: String?, channel: String, offsets: [(Int32, Int64)]) -> [UInt8] {
+        var out = Array("{\"op\":\"ok\"".utf8)
+        if let id {
+            out.append(contentsOf: ",\"id\":".utf8)
+            JSON.appendString(id, to: &out)
+        }
+        out.append(contentsOf: ",\"channel\":".utf8)
+        JSON.appendString(channel, to: &out)
+        out.append(contentsOf: ",\"offsets\":{".utf8)
+        for (i, (p, o)) in offsets.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: "\"\(p)\":\(o)".utf8)
+        }
+        out.append(contentsOf: "}}".utf8)
+        return out
+    }
+}

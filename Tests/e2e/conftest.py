@@ -259,7 +259,7 @@ class GatewayFactory:
 
     def finish(self):
         problems = []
-        for gw in self.started:
+        for gw in reversed(self.started):  # gateways before the dev-kafka they may use
             if gw.stopped_rc is not None:
                 continue
             if not gw.proc.alive():

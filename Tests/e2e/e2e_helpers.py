@@ -254,18 +254,24 @@ class Client:
         assert reply.get("op") == "ok", f"{self.name}: subscribe {req} -> {reply}"
         return reply
 
-    async def wait_for(self, predicate, timeout: float, what: str = "condition"):
+    async def wait_for(self, predicate, timeout: float, what="condition"):
+        """Wait until predicate() is truthy; `what` (a string or a function giving one)
+        describes the wait in the failure message."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            if callable(what):
+                describe = what
+            else:
+                describe = (lambda w=what: w)
             v = predicate()
             if v:
                 return v
             if self.closed:
                 raise AssertionError(f"{self.name}: connection closed (rcvd={self.close_rcvd}, "
-                                     f"err={self.close_error!r}) while waiting for {what}")
+                                     f"err={self.close_error!r}) while waiting for {describe()}")
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {what}")
+                raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {describe()}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
@@ -274,7 +280,7 @@ class Client:
 
     async def wait_messages(self, n: int, timeout: float = 30) -> list[dict]:
         await self.wait_for(lambda: len(self.messages) >= n, timeout,
-                            f"{n} messages (have {len(self.messages)})")
+                            lambda: f"{n} messages (have {len(self.messages)})")
         return self.messages
 
     async def close(self):
@@ -386,8 +392,12 @@ class RawWS:
     """A hand-made WebSocket client on a plain socket, for sending what libraries won't."""
 
     def __init__(self, host: str, port: int, *, path: str = "/", subprotocol: str | None = SUBPROTOCOL,
-                 timeout: float = 10):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+                 timeout: float = 10, rcvbuf: int | None = None):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
         self.buf = b""
         key = base64.b64encode(os.urandom(16))
         req = (b"GET " + path.encode() + b" HTTP/1.1\r\n"

@@ -1,10 +1,12 @@
 """Process lifecycle: signals, shutdown close codes, `streamotter dev-kafka`."""
 
 import asyncio
+import json
 import signal
 import socket
+import subprocess
 
-from conftest import run
+from conftest import run, unique
 from e2e_helpers import Client, RawWS, kcat_consume, kcat_metadata, kcat_produce, recv_json_frame
 
 
@@ -86,3 +88,80 @@ def test_dev_kafka_brokers_option(gateway_factory, kcat_bin):
     assert len(md["brokers"]) == 1, md["brokers"]
     assert dk.bootstrap.count(",") == 0, dk.bootstrap
     assert dk.stop() == 0
+
+
+def test_serve_with_external_brokers_and_sigterm_acks_inflight_publishes(gateway_factory):
+    """`serve --brokers` against a separate Kafka (here `streamotter dev-kafka`), so Kafka
+    outlives the gateway: after SIGTERM, every record in Kafka was acked to the client and
+    every ack names a record that is in Kafka."""
+    dk = gateway_factory.start(command="dev-kafka", topics={"orders": 3})
+    topic = dk.topic("orders")
+    gw = gateway_factory.start(topics={}, args=["--brokers", dk.bootstrap])
+    assert any(line == f"kafka: bootstrap.servers={dk.bootstrap}" for line in gw.proc.stdout_lines), \
+        gw.proc.stdout_lines
+    n = 2000
+
+    async def go():
+        c = await Client.connect(gw.url)
+        replies = {}
+        for i in range(n):
+            replies[f"p{i}"] = c.expect_reply(f"p{i}")
+        for i in range(n):
+            await c.send({"op": "publish", "id": f"p{i}", "channel": topic, "key": f"k{i % 7}",
+                          "data": {"i": i}})
+        await asyncio.wait_for(replies["p0"], 15)  # the gateway is at work: now stop it
+        gw.proc.signal(signal.SIGTERM)
+        await c.wait_for(lambda: c.closed, 30, "close after SIGTERM")
+        done = {k: f.result() for k, f in replies.items() if f.done() and not f.exception()}
+        return done, c
+
+    done, c = run(go(), 60)
+    assert c.close_rcvd is not None and c.close_rcvd.code == 1001, c.close_rcvd
+    rc = gw.proc.wait(20)
+    gw.stopped_rc = rc
+    assert rc == 0, f"exit code {rc}\n{gw.diagnostics()}"
+    acks = {k: r for k, r in done.items() if r["op"] == "ack"}
+    others = {r.get("code") for r in done.values() if r["op"] != "ack"}
+    assert others <= {"shutting_down"}, others
+    assert acks, "no publish was acked before shutdown"
+    recs = kcat_consume(dk.bootstrap, topic, expect=len(acks))
+    in_kafka = {(r.partition, r.offset): json.loads(r.value)["i"] for r in recs}
+    acked = {(a["partition"], a["offset"]): int(k[1:]) for k, a in acks.items()}
+    assert acked.items() <= in_kafka.items(), "an acked publish is not in Kafka where its ack said"
+    unacked = sorted(set(in_kafka) - set(acked))
+    assert not unacked, (f"{len(unacked)} records reached Kafka but their publisher got no ack "
+                         f"before the 1001 close (in-flight publishes must be acked on shutdown)")
+
+
+def test_config_file(gateway_factory, tmp_path):
+    topic = unique("cfg")
+    cfg = tmp_path / "streamotter.conf"
+    cfg.write_text(f"""# a comment
+listen = 127.0.0.1:0
+embedded.brokers = 1
+embedded.topics = {topic}:2
+ws.max_frame_size = 4096
+""")
+    gw = gateway_factory.start(topics={}, args=["--config", str(cfg)])
+    md = kcat_metadata(gw.bootstrap, topic)
+    assert len(md["brokers"]) == 1
+    assert len(next(t for t in md["topics"] if t["topic"] == topic)["partitions"]) == 2
+
+    async def go():
+        c = await Client.connect(gw.url)
+        ack = await c.call({"op": "publish", "channel": topic, "data": "x" * 100})
+        await c.send({"op": "publish", "channel": topic, "data": "x" * 5000})  # > 4096
+        await c.wait_for(lambda: c.closed, 10, "close 1009")
+        return ack, c
+
+    ack, c = run(go(), 30)
+    assert ack["op"] == "ack"
+    assert c.close_rcvd is not None and c.close_rcvd.code == 1009, c.close_rcvd
+
+
+def test_bad_arguments_exit_nonzero_with_a_message(streamotter_bin):
+    for args in (["serve", "--set", "no.such.key=1"], ["serve", "--listen", "nonsense"],
+                 ["serve", "--topic", "t:zero"], ["no-such-command"]):
+        cp = subprocess.run([streamotter_bin] + args, capture_output=True, timeout=20)
+        assert cp.returncode != 0, (args, cp)
+        assert cp.stderr.strip(), (args, "no message on stderr")

@@ -1,0 +1,1 @@
+/* Exposes include/streamotter.h to the Swift ABI layer (the types of the C ABI). */
