@@ -26,8 +26,8 @@ deps:
 build: deps
 	$(SWIFT) build -c release --static-swift-stdlib
 	@mkdir -p $(BUILD)/bin $(BUILD)/lib
-	cp .build/release/streamotter-cli $(BUILD)/bin/streamotter
-	cp .build/release/libstreamotter.so $(BUILD)/lib/libstreamotter.so.0
+	cp --remove-destination .build/release/streamotter-cli $(BUILD)/bin/streamotter
+	cp --remove-destination .build/release/libstreamotter.so $(BUILD)/lib/libstreamotter.so.0
 	ln -sf libstreamotter.so.0 $(BUILD)/lib/libstreamotter.so
 
 run: build

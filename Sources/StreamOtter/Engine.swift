@@ -131,7 +131,7 @@ public final class Engine {
         do {
             let p = try KafkaProducer(loop: loop, props: cfg.kafka + cfg.kafkaProducer)
             producer = p
-            let c = try KafkaFanoutConsumer(loop: loop, props: cfg.kafka + cfg.kafkaConsumer)
+            let c = try KafkaFanoutConsumer(loop: loop, props: cfg.kafka + cfg.kafkaConsumer, lookupProps: cfg.kafka)
             consumer = c
             let s = WebSocketServer(loop: loop, settings: cfg.ws)
             server = s
@@ -254,6 +254,7 @@ public final class Engine {
                 Log.event("warn", "producer_flush_incomplete", ["outstanding": String(p.outstanding)])
             }
         }
+        gateway?.closeFlow()
         consumer?.close()
         consumer = nil
         producer?.close()

@@ -14,6 +14,8 @@ final class ChannelSubscription {
     unowned let connection: WebSocketConnection
     var next: [Int32: Int64] = [:]
     var feeds: [PartitionFeed] = []
+    /// Replay feeds of the partitions on which it is behind the live feed.
+    var replays: [ReplayFeed] = []
     init(channel: String, connection: WebSocketConnection) {
         self.channel = channel
         self.connection = connection
@@ -26,14 +28,19 @@ final class Session {
     /// Channels with a subscribe being resolved (metadata, offsets) on a worker thread.
     var pending: Set<String> = []
     var closed = false
+    /// Over its outbound bound with `ws.slow_consumer=pause`: off every feed until drained.
+    var paused = false
+    /// Replayed partitions waiting for the socket to drain (GatewayFlow.swift).
+    var parked: [(ChannelSubscription, Int32)] = []
 }
 
 /// One consumption of a topic-partition, shared by every subscriber on the engine.
 ///
 /// `position` is the next offset the fetcher delivers. A subscriber that needs history
-/// from before `position` moves the fetcher back (a synchronous seek, so nothing fetched
-/// for the old position arrives later); every subscriber skips offsets below its own next
-/// offset, so nobody sees a duplicate or a gap at the seam.
+/// from before `position` reads it from the replay lane (ReplayLane.swift) and joins this
+/// feed once caught up, so live subscribers are never held back by a replay; every
+/// subscriber skips offsets below its own next offset, so nobody sees a duplicate or a
+/// gap at the seam.
 final class PartitionFeed {
     let tp: TopicPartition
     var subscribers: [ChannelSubscription] = []
@@ -57,9 +64,11 @@ final class Gateway: WebSocketServerDelegate {
     let producer: KafkaProducer
     let consumer: KafkaFanoutConsumer
     let config: EngineConfig
-    private var feeds: [TopicPartition: PartitionFeed] = [:]
-    private var pendingPublishes: [UInt64: PendingPublish] = [:]
-    private var nextToken: UInt64 = 1
+    var feeds: [TopicPartition: PartitionFeed] = [:]
+    var pendingPublishes: [UInt64: PendingPublish] = [:]
+    var nextToken: UInt64 = 1
+    /// Dedupe window, held publishes, replay lane (GatewayFlow.swift).
+    let flow: FlowState
     private var scratch: [UInt8] = []
     var shuttingDown = false
     /// The embedding host's view of connections (the engine).
@@ -79,6 +88,7 @@ final class Gateway: WebSocketServerDelegate {
         self.producer = producer
         self.consumer = consumer
         self.config = config
+        flow = FlowState(config: config)
         scratch.reserveCapacity(4096)
         producer.onDelivery = { [unowned self] token, err, partition, offset in
             self.delivered(token: token, err: err, partition: partition, offset: offset)
@@ -87,6 +97,7 @@ final class Gateway: WebSocketServerDelegate {
             Log.event(fatal ? "error" : "warn", "kafka_producer_error", ["error": err.description, "fatal": fatal ? "true" : "false"])
         }
         consumer.onMessage = { [unowned self] m in self.consumed(m) }
+        producer.afterEvents = { [unowned self] in self.retryHeld() }
     }
 
     var inFlightPublishes: Int { pendingPublishes.count + hostPublishes.count }
@@ -129,6 +140,7 @@ final class Gateway: WebSocketServerDelegate {
         metric("deliveries_total", "counter", "Kafka records delivered to subscribers.", m.deliveries)
         metric("slow_consumer_closes_total", "counter", "Connections closed for exceeding their outbound buffer bound.", m.slowConsumerCloses)
         metric("partition_feeds", "gauge", "Topic-partitions consumed.", UInt64(feeds.count))
+        s += flowMetricsText()
         return s
     }
 
@@ -148,7 +160,7 @@ final class Gateway: WebSocketServerDelegate {
         c.session = nil
     }
 
-    func connectionDrained(_ c: WebSocketConnection) {}
+    func connectionDrained(_ c: WebSocketConnection) { resumeDrained(c) }
 
     func connectionBinary(_ c: WebSocketConnection, _ message: [UInt8]) {
         hooks?.connectionMessage(c.id, text: false, message)
@@ -156,17 +168,13 @@ final class Gateway: WebSocketServerDelegate {
         reply(c, ServerFrames.error(id: nil, code: "unsupported", message: "binary frames are not supported by streamotter.v1; send JSON text frames"))
     }
 
-    private func reply(_ c: WebSocketConnection, _ payload: [UInt8]) {
+    func reply(_ c: WebSocketConnection, _ payload: [UInt8]) {
         server.metrics.messagesOut += 1
         if c.sendText(payload) == .overBound { slowConsumer(c) }
     }
 
-    private func slowConsumer(_ c: WebSocketConnection) {
-        guard c.isOpen else { return }
-        server.metrics.slowConsumerCloses += 1
-        Log.event("warn", "slow_consumer_closed", ["conn": String(c.id), "peer": c.peer, "queued_bytes": String(c.queuedBytes)])
-        c.fail(code: 1008, reason: "outbound buffer bound exceeded")
-    }
+    /// Over the outbound bound: `ws.slow_consumer` decides (GatewayFlow.swift).
+    func slowConsumer(_ c: WebSocketConnection) { handleSlowConsumer(c) }
 
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
         hooks?.connectionMessage(c.id, text: true, message)
@@ -205,17 +213,8 @@ final class Gateway: WebSocketServerDelegate {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
             return
         }
-        let token = nextToken
-        nextToken += 1
-        let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token)
-        if rc != RD_KAFKA_RESP_ERR_NO_ERROR {
-            server.metrics.publishFailures += 1
-            let code = rc == RD_KAFKA_RESP_ERR__QUEUE_FULL ? "overloaded" : "publish_failed"
-            reply(c, ServerFrames.error(id: id, code: code, message: "kafka: \(KafkaError(rc).description)"))
-            return
-        }
-        server.metrics.publishes += 1
-        pendingPublishes[token] = PendingPublish(connection: c.id, id: id, channel: channel)
+        // Dedupe, the id header, and holding on a full queue: GatewayFlow.swift.
+        acceptPublish(c, id: id, channel: channel, key: key, headers: headers, value: value)
     }
 
     /// Produces one record for the host (not for a connection); `done` runs on the loop
@@ -237,14 +236,7 @@ final class Gateway: WebSocketServerDelegate {
             done(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err), partition, offset)
             return
         }
-        guard let p = pendingPublishes.removeValue(forKey: token) else { return }
-        if err == RD_KAFKA_RESP_ERR_NO_ERROR { server.metrics.acks += 1 } else { server.metrics.publishFailures += 1 }
-        guard let c = server.connections[p.connection], c.isOpen else { return }
-        if err == RD_KAFKA_RESP_ERR_NO_ERROR {
-            reply(c, ServerFrames.ack(id: p.id, channel: p.channel, partition: partition, offset: offset))
-        } else {
-            reply(c, ServerFrames.error(id: p.id, code: "publish_failed", message: "kafka: \(KafkaError(err).description)"))
-        }
+        publishFinished(token: token, err: err, partition: partition, offset: offset)
     }
 
     // MARK: subscribe
@@ -252,6 +244,8 @@ final class Gateway: WebSocketServerDelegate {
     private struct Plan {
         var start: [Int32: Int64] = [:]
         var latest = false
+        /// End offset of each partition at lookup time.
+        var high: [Int32: Int64] = [:]
     }
 
     private func subscribe(_ c: WebSocketConnection, _ session: Session, id: String?, channel: String, from: StartPosition) {
@@ -302,6 +296,7 @@ final class Gateway: WebSocketServerDelegate {
             }
         }
         var plan = Plan()
+        for p in 0..<count { plan.high[p] = marks[p]!.1 }
         switch from {
         case .latest:
             plan.latest = true
@@ -342,38 +337,15 @@ final class Gateway: WebSocketServerDelegate {
     private func attach(_ c: WebSocketConnection, _ session: Session, channel: String, plan: Plan) -> [(Int32, Int64)] {
         let sub = ChannelSubscription(channel: channel, connection: c)
         for (p, start) in plan.start.sorted(by: { $0.key < $1.key }) {
-            let tp = TopicPartition(topic: channel, partition: p)
-            let feed = feeds[tp] ?? {
-                let f = PartitionFeed(tp)
-                feeds[tp] = f
-                return f
-            }()
-            if !feed.assigned {
-                if let e = consumer.assign(topic: channel, partition: p, offset: start) {
-                    Log.event("error", "kafka_assign_failed", ["topic": channel, "partition": String(p), "error": e.description])
-                }
-                feed.assigned = true
-                feed.position = start
-                sub.next[p] = start
-            } else if plan.latest {
-                sub.next[p] = max(start, feed.position)
-            } else {
-                if start < feed.position {
-                    if let e = consumer.seek(topic: channel, partition: p, offset: start) {
-                        Log.event("error", "kafka_seek_failed", ["topic": channel, "partition": String(p), "error": e.description])
-                    }
-                    feed.position = start
-                }
-                sub.next[p] = start
-            }
-            feed.subscribers.append(sub)
-            sub.feeds.append(feed)
+            // The live feed when it is at or before `start`, else the replay lane.
+            attachPartition(sub, p, start: start, latest: plan.latest, high: plan.high[p])
         }
         session.subscriptions[channel] = sub
         return sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     private func detach(_ sub: ChannelSubscription) {
+        detachReplays(sub)
         for feed in sub.feeds {
             feed.subscribers.removeAll { $0 === sub }
             if feed.subscribers.isEmpty {
@@ -405,21 +377,12 @@ final class Gateway: WebSocketServerDelegate {
         }
         let tp = TopicPartition(topic: topic, partition: msg.partition)
         guard let feed = feeds[tp] else { return }
-        let offset = msg.offset
-        feed.position = offset + 1
-        var frame: OutBuffer?
-        for sub in feed.subscribers {
-            guard offset >= sub.next[msg.partition] ?? Int64.max else { continue }
-            sub.next[msg.partition] = offset + 1
-            if frame == nil { frame = encodeMessage(m, topic: topic) }
-            server.metrics.deliveries += 1
-            server.metrics.messagesOut += 1
-            if sub.connection.sendShared(frame!) == .overBound { slowConsumer(sub.connection) }
-        }
+        feed.position = msg.offset + 1
+        _ = fanOut(m, topic: topic, to: feed.subscribers)
     }
 
     /// Encodes the `message` frame once; every subscriber shares the bytes.
-    private func encodeMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) -> OutBuffer {
+    func encodeMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) -> OutBuffer {
         let msg = m.pointee
         var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(m, &tstype)

@@ -110,7 +110,7 @@ final class KafkaProducer {
         ("client.id", "streamotter"),
         ("enable.idempotence", "true"),
         ("acks", "all"),
-        ("linger.ms", "5"),
+        ("linger.ms", "1"),
         ("partitioner", "murmur2_random"),
     ]
 
@@ -194,6 +194,8 @@ final class KafkaProducer {
 /// committed. Messages arrive on the loop thread.
 final class KafkaFanoutConsumer {
     let rk: OpaquePointer
+    /// A client with no traffic of its own, for blocking look-ups.
+    let lookup: OpaquePointer
     private let queue: OpaquePointer
     private var watcher: KafkaQueueWatcher?
     var onMessage: ((UnsafeMutablePointer<rd_kafka_message_t>) -> Void)?
@@ -207,7 +209,10 @@ final class KafkaFanoutConsumer {
         ("enable.partition.eof", "false"),
     ]
 
-    init(loop: EventLoop, props: [(String, String)]) throws {
+    /// `lookupProps` configure a separate client for metadata and offset look-ups: on the
+    /// consumer's own connections they would queue behind fetch requests that wait for
+    /// data (fetch.wait.max.ms), since a broker answers one connection's requests in order.
+    init(loop: EventLoop, props: [(String, String)], lookupProps: [(String, String)]? = nil) throws {
         let conf = try makeKafkaConf(KafkaFanoutConsumer.defaults + props)
         var err = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &err, err.count) else {
@@ -215,6 +220,17 @@ final class KafkaFanoutConsumer {
             throw ConfigError("kafka consumer: \(String(cString: err))")
         }
         self.rk = rk
+        if let lookupProps {
+            let lconf = try makeKafkaConf([("client.id", "streamotter-lookup")] + lookupProps)
+            guard let lk = rd_kafka_new(RD_KAFKA_PRODUCER, lconf, &err, err.count) else {
+                rd_kafka_conf_destroy(lconf)
+                rd_kafka_destroy(rk)
+                throw ConfigError("kafka lookup client: \(String(cString: err))")
+            }
+            lookup = lk
+        } else {
+            lookup = rk
+        }
         rd_kafka_poll_set_consumer(rk)
         queue = rd_kafka_queue_get_consumer(rk)
         watcher = try KafkaQueueWatcher(loop: loop, queue: queue) { [unowned self] in self.drain(budget: 2048) }
@@ -277,7 +293,7 @@ final class KafkaFanoutConsumer {
     /// with auto-creation on (and the mock cluster, always) create it as a side effect.
     func partitionCount(topic: String, timeoutMs: Int32) -> Result<Int32, KafkaError> {
         var md: UnsafePointer<rd_kafka_metadata>?
-        let rc = rd_kafka_metadata(rk, 1, nil, &md, timeoutMs)
+        let rc = rd_kafka_metadata(lookup, 1, nil, &md, timeoutMs)
         guard rc == RD_KAFKA_RESP_ERR_NO_ERROR, let md else { return .failure(KafkaError(rc)) }
         defer { rd_kafka_metadata_destroy(md) }
         for i in 0..<Int(md.pointee.topic_cnt) {
@@ -293,7 +309,7 @@ final class KafkaFanoutConsumer {
     /// (low, high) watermarks. Blocking: call from a worker thread.
     func watermarks(topic: String, partition: Int32, timeoutMs: Int32) -> Result<(Int64, Int64), KafkaError> {
         var lo: Int64 = 0, hi: Int64 = 0
-        let rc = rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &hi, timeoutMs)
+        let rc = rd_kafka_query_watermark_offsets(lookup, topic, partition, &lo, &hi, timeoutMs)
         if rc != RD_KAFKA_RESP_ERR_NO_ERROR { return .failure(KafkaError(rc)) }
         return .success((lo, hi))
     }
@@ -306,7 +322,7 @@ final class KafkaFanoutConsumer {
         for p in 0..<partitions {
             rd_kafka_topic_partition_list_add(list, topic, p)!.pointee.offset = timestampMs
         }
-        let rc = rd_kafka_offsets_for_times(rk, list, timeoutMs)
+        let rc = rd_kafka_offsets_for_times(lookup, list, timeoutMs)
         if rc != RD_KAFKA_RESP_ERR_NO_ERROR { return .failure(KafkaError(rc)) }
         var out: [Int32: Int64] = [:]
         for i in 0..<Int(list.pointee.cnt) {
@@ -324,6 +340,7 @@ final class KafkaFanoutConsumer {
         rd_kafka_queue_destroy(queue)
         rd_kafka_consumer_close(rk)
         rd_kafka_destroy(rk)
+        if lookup != rk { rd_kafka_destroy(lookup) }
     }
 }
 

@@ -1,0 +1,438 @@
+import CRdKafka
+import Glibc
+import StreamOtterCore
+
+/// A publish accepted while the producer queue was full, waiting for room.
+struct HeldPublish {
+    let token: UInt64
+    let connection: UInt64
+    let channel: String
+    let key: [UInt8]?
+    let headers: [(String, [UInt8])]
+    let value: [UInt8]
+}
+
+/// The gateway's delivery-guarantee state: the publish dedupe window, publishes held back by
+/// a full producer queue, and the replay lane. Loop thread only.
+final class FlowState {
+    var dedupe: DedupeWindow
+    /// token -> dedupe key, for publishes that carry an id.
+    var keys: [UInt64: PublishKey] = [:]
+    /// token -> resends (connection, request id) waiting for the same delivery report.
+    var waiters: [UInt64: [(UInt64, String?)]] = [:]
+    var held: [HeldPublish] = []
+    var heldHead = 0
+    var heldPerConnection: [UInt64: Int] = [:]
+    var retryTimer: LoopTimer?
+    var retryTimerRunning = false
+    var replay: ReplayLane?
+    var replayUnavailable = false
+
+    var dedupeHits: UInt64 = 0
+    var heldTotal: UInt64 = 0
+    var pauses: UInt64 = 0
+    var parks: UInt64 = 0
+    var resumes: UInt64 = 0
+
+    init(config: EngineConfig) {
+        dedupe = DedupeWindow(capacity: config.dedupeWindow, ttlMs: config.dedupeWindowMs)
+    }
+
+    var heldCount: Int { held.count - heldHead }
+}
+
+extension Gateway {
+    /// The Kafka header that carries a publish's `id`.
+    static let idHeader = "streamotter-id"
+
+    // MARK: publish: dedupe, header, inbound backpressure
+
+    /// Accepts one publish from a connection. Every accepted publish is answered exactly
+    /// once per request (an `ack` after Kafka acknowledged it, or an `error`); a resend of
+    /// a publish still in flight or recently acknowledged gets the original answer.
+    func acceptPublish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?,
+                       headers userHeaders: [(String, [UInt8])], value: [UInt8]) {
+        var pkey: PublishKey?
+        if let id, flow.dedupe.isEnabled {
+            let k = PublishKey(channel: channel, id: id, key: key, headers: userHeaders, value: value)
+            switch flow.dedupe.lookup(k, now: loopNowMs(loop)) {
+            case .acked(let partition, let offset)?:
+                flow.dedupeHits += 1
+                reply(c, ServerFrames.ack(id: id, channel: channel, partition: partition, offset: offset))
+                return
+            case .inFlight(let token)?:
+                flow.dedupeHits += 1
+                flow.waiters[token, default: []].append((c.id, id))
+                return
+            case nil:
+                pkey = k
+            }
+        }
+        // The header name is reserved: the gateway sets it from `id`.
+        var headers = userHeaders.filter { $0.0 != Gateway.idHeader }
+        if let id { headers.append((Gateway.idHeader, Array(id.utf8))) }
+        let token = nextToken
+        nextToken += 1
+        server.metrics.publishes += 1
+        pendingPublishes[token] = PendingPublish(connection: c.id, id: id, channel: channel)
+        if let pkey {
+            flow.keys[token] = pkey
+            flow.dedupe.begin(pkey, token: token)
+        }
+        let h = HeldPublish(token: token, connection: c.id, channel: channel, key: key, headers: headers, value: value)
+        if flow.heldCount == 0 {
+            let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token)
+            if rc == RD_KAFKA_RESP_ERR_NO_ERROR { return }
+            if rc != RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                publishFinished(token: token, err: rc, partition: -1, offset: -1)
+                return
+            }
+        }
+        hold(h, c)
+    }
+
+    /// The producer queue is full: keep the publish, stop reading from its connection (TCP
+    /// backpressure), retry when delivery reports free room.
+    private func hold(_ h: HeldPublish, _ c: WebSocketConnection) {
+        flow.held.append(h)
+        flow.heldTotal += 1
+        flow.heldPerConnection[h.connection, default: 0] += 1
+        c.holdInbound()
+        if !flow.retryTimerRunning {
+            if flow.retryTimer == nil { flow.retryTimer = LoopTimer(loop: loop) }
+            flow.retryTimerRunning = true
+            flow.retryTimer?.start(afterMs: 50, repeatMs: 50) { [unowned self] in self.retryHeld() }
+        }
+    }
+
+    /// Hands held publishes to the producer in arrival order until the queue is full again.
+    func retryHeld() {
+        guard flow.heldCount > 0 else { return }
+        while flow.heldHead < flow.held.count {
+            let h = flow.held[flow.heldHead]
+            let rc = producer.produce(topic: h.channel, key: h.key, headers: h.headers, value: h.value, token: h.token)
+            if rc == RD_KAFKA_RESP_ERR__QUEUE_FULL { break }
+            flow.heldHead += 1
+            if rc != RD_KAFKA_RESP_ERR_NO_ERROR {
+                publishFinished(token: h.token, err: rc, partition: -1, offset: -1)
+            }
+            let left = (flow.heldPerConnection[h.connection] ?? 1) - 1
+            if left <= 0 {
+                flow.heldPerConnection.removeValue(forKey: h.connection)
+                server.connections[h.connection]?.releaseInbound()
+            } else {
+                flow.heldPerConnection[h.connection] = left
+            }
+        }
+        if flow.heldHead == flow.held.count {
+            flow.held.removeAll(keepingCapacity: flow.held.count < 4096)
+            flow.heldHead = 0
+            if flow.retryTimerRunning {
+                flow.retryTimerRunning = false
+                flow.retryTimer?.stop()
+            }
+        } else if flow.heldHead > 1024 && flow.heldHead * 2 > flow.held.count {
+            flow.held.removeFirst(flow.heldHead)
+            flow.heldHead = 0
+        }
+    }
+
+    /// The outcome of one publish (a delivery report, or a local error): answers the
+    /// publishing request and every resend waiting for it.
+    func publishFinished(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
+        guard let p = pendingPublishes.removeValue(forKey: token) else { return }
+        let key = flow.keys.removeValue(forKey: token)
+        let waiters = flow.waiters.removeValue(forKey: token) ?? []
+        let ok = err == RD_KAFKA_RESP_ERR_NO_ERROR
+        if ok {
+            server.metrics.acks += 1
+            if let key { flow.dedupe.acked(key, partition: partition, offset: offset, now: loopNowMs(loop)) }
+        } else {
+            server.metrics.publishFailures += 1
+            if let key { flow.dedupe.failed(key) }
+        }
+        for (conn, id) in [(p.connection, p.id)] + waiters {
+            guard let c = server.connections[conn], c.isOpen else { continue }
+            if ok {
+                reply(c, ServerFrames.ack(id: id, channel: p.channel, partition: partition, offset: offset))
+            } else {
+                reply(c, ServerFrames.error(id: id, code: "publish_failed", message: "kafka: \(KafkaError(err).description)"))
+            }
+        }
+    }
+
+    // MARK: subscriptions: live feed or replay lane
+
+    /// Puts one partition of a subscription on the live feed, or on the replay lane when it
+    /// starts behind the live feed (or behind the end of the partition when there is no
+    /// live feed). `high` is the partition's end offset when the subscribe looked it up.
+    func attachPartition(_ sub: ChannelSubscription, _ p: Int32, start: Int64, latest: Bool, high: Int64?) {
+        let tp = TopicPartition(topic: sub.channel, partition: p)
+        var start = start
+        if latest, let live = feeds[tp], live.assigned { start = max(start, live.position) }
+        sub.next[p] = start
+        if let s = sub.connection.session as? Session, s.paused { return }
+        if let live = feeds[tp], live.assigned {
+            if start >= live.position {
+                join(sub, live)
+                return
+            }
+        } else if latest || high.map({ start >= $0 }) == true {
+            join(sub, liveFeed(tp, at: start))
+            return
+        }
+        if let lane = replayLane(), let f = lane.feed(for: tp, start: start) {
+            f.subscribers.append(sub)
+            sub.replays.append(f)
+            lane.startTicking { [unowned self] in self.replayTick() }
+            return
+        }
+        // No replay lane: fall back to moving the shared feed back.
+        let live = liveFeed(tp, at: start)
+        if start < live.position {
+            if let e = consumer.seek(topic: tp.topic, partition: p, offset: start) {
+                Log.event("error", "kafka_seek_failed", ["topic": tp.topic, "partition": String(p), "error": e.description])
+            }
+            live.position = start
+        }
+        join(sub, live)
+    }
+
+    /// The live feed of `tp`, created and assigned at `start` if there is none.
+    private func liveFeed(_ tp: TopicPartition, at start: Int64) -> PartitionFeed {
+        if let f = feeds[tp], f.assigned { return f }
+        let f = feeds[tp] ?? PartitionFeed(tp)
+        feeds[tp] = f
+        if let e = consumer.assign(topic: tp.topic, partition: tp.partition, offset: start) {
+            Log.event("error", "kafka_assign_failed", ["topic": tp.topic, "partition": String(tp.partition), "error": e.description])
+        }
+        f.assigned = true
+        f.position = start
+        return f
+    }
+
+    private func join(_ sub: ChannelSubscription, _ feed: PartitionFeed) {
+        feed.subscribers.append(sub)
+        sub.feeds.append(feed)
+    }
+
+    private func replayLane() -> ReplayLane? {
+        if let r = flow.replay { return r }
+        if flow.replayUnavailable { return nil }
+        do {
+            let r = try ReplayLane(loop: loop, props: config.kafka + config.kafkaConsumer, rate: config.replayRate)
+            r.consumer.onMessage = { [unowned self] m in self.strayReplayMessage(m) }
+            flow.replay = r
+            return r
+        } catch {
+            flow.replayUnavailable = true
+            Log.event("error", "kafka_replay_consumer_failed", ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Removes a subscription from the replay feeds it reads (they close at the next tick
+    /// when nobody is left).
+    func detachReplays(_ sub: ChannelSubscription) {
+        for f in sub.replays { f.subscribers.removeAll { $0 === sub } }
+        sub.replays.removeAll()
+    }
+
+    /// Paces the replay lane: takes up to the token bucket's worth of messages from each
+    /// replayed partition, then moves subscribers that caught up to the live feed.
+    func replayTick() {
+        guard let lane = flow.replay else { return }
+        let now = loopNowMs(loop)
+        for f in Array(lane.feeds.values) {
+            f.bucket.refill(now: now)
+            var budget = ReplayLane.tickBudget
+            while budget > 0, !f.subscribers.isEmpty, f.bucket.available, let m = lane.poll(f) {
+                budget -= 1
+                defer { rd_kafka_message_destroy(m) }
+                if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    replayError(lane, f, m)
+                    continue
+                }
+                let offset = m.pointee.offset
+                f.position = offset + 1
+                // Replays are paced by the reader too: a subscriber with half its bound
+                // queued steps off the feed (keeping its position) until its socket drains,
+                // so history never overflows a reader that keeps up, and never waits on one
+                // that does not.
+                let threshold = server.settings.maxBufferedBytes / 2
+                for sub in f.subscribers where sub.connection.queuedBytes >= threshold
+                    && offset >= sub.next[f.tp.partition] ?? Int64.max {
+                    park(sub, f)
+                }
+                let n = fanOut(m, topic: f.tp.topic, to: f.subscribers)
+                if n > 0 {
+                    lane.replayed += UInt64(n)
+                    _ = f.bucket.take(now: now)
+                }
+            }
+            for sub in f.subscribers where caughtUp(sub, f, lane) {
+                f.subscribers.removeAll { $0 === sub }
+                sub.replays.removeAll { $0 === f }
+                join(sub, liveFeed(f.tp, at: sub.next[f.tp.partition] ?? f.position))
+            }
+            if f.subscribers.isEmpty { lane.close(f) }
+        }
+        if lane.feeds.isEmpty { lane.stopTicking() }
+    }
+
+    /// Takes a subscriber off a replay feed until its connection drains.
+    private func park(_ sub: ChannelSubscription, _ f: ReplayFeed) {
+        f.subscribers.removeAll { $0 === sub }
+        sub.replays.removeAll { $0 === f }
+        guard let session = sub.connection.session as? Session else { return }
+        session.parked.append((sub, f.tp.partition))
+        flow.parks += 1
+        let c = sub.connection
+        c.stream.lowWater = server.settings.maxBufferedBytes / 4
+        c.stream.requestDrainNotification()
+    }
+
+    private func caughtUp(_ sub: ChannelSubscription, _ f: ReplayFeed, _ lane: ReplayLane) -> Bool {
+        guard let next = sub.next[f.tp.partition] else { return true }
+        if let live = feeds[f.tp], live.assigned { return next >= live.position }
+        guard let hi = lane.cachedHighWatermark(f.tp) else { return false }
+        return next >= hi
+    }
+
+    private func replayError(_ lane: ReplayLane, _ f: ReplayFeed, _ m: UnsafeMutablePointer<rd_kafka_message_t>) {
+        let err = m.pointee.err
+        let text = rd_kafka_message_errstr(m).map { String(cString: $0) } ?? KafkaError(err).message
+        Log.event("warn", "kafka_replay_error", ["topic": f.tp.topic, "partition": String(f.tp.partition), "error": "\(KafkaError(err).name): \(text)"])
+        guard err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE else { return }
+        let p = f.tp.partition
+        for sub in f.subscribers {
+            reply(sub.connection, ServerFrames.error(id: nil, code: "offset_out_of_range",
+                message: "channel '\(f.tp.topic)' partition \(p): position \(sub.next[p] ?? -1) is no longer available; continuing from the earliest available offset"))
+            sub.next[p] = 0
+        }
+        lane.rewindToBeginning(f)
+    }
+
+    /// A replayed partition's message that reached the replay consumer's main queue (it
+    /// should not: every replayed partition has its own queue). Delivered like any other.
+    private func strayReplayMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
+        guard m.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, let rkt = m.pointee.rkt, let lane = flow.replay else { return }
+        let tp = TopicPartition(topic: String(cString: rd_kafka_topic_name(rkt)), partition: m.pointee.partition)
+        guard let f = lane.feeds[tp] else { return }
+        f.position = m.pointee.offset + 1
+        lane.replayed += UInt64(fanOut(m, topic: tp.topic, to: f.subscribers))
+    }
+
+    /// Sends one consumed message to the subscribers that need it (offset at or past their
+    /// next offset); the frame is encoded once. Returns how many got it.
+    func fanOut(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String, to subscribers: [ChannelSubscription]) -> Int {
+        let partition = m.pointee.partition
+        let offset = m.pointee.offset
+        var frame: OutBuffer?
+        var n = 0
+        for sub in subscribers {
+            guard offset >= sub.next[partition] ?? Int64.max else { continue }
+            sub.next[partition] = offset + 1
+            if frame == nil { frame = encodeMessage(m, topic: topic) }
+            n += 1
+            server.metrics.deliveries += 1
+            server.metrics.messagesOut += 1
+            if sub.connection.sendShared(frame!) == .overBound { slowConsumer(sub.connection) }
+        }
+        return n
+    }
+
+    // MARK: slow consumers
+
+    /// A connection went over `ws.max_buffered_bytes`. `close`: an `error` frame with code
+    /// `slow_consumer` and the resume positions of every subscription, then Close 1008.
+    /// `pause`: no more messages to it until its socket drains, then it resumes from its
+    /// positions; if replies alone take it past twice the bound, it is closed as above.
+    func handleSlowConsumer(_ c: WebSocketConnection) {
+        guard c.isOpen, let session = c.session as? Session else { return }
+        let bound = server.settings.maxBufferedBytes
+        if config.slowConsumerPause && c.queuedBytes <= 2 * bound {
+            guard !session.paused else { return }
+            session.paused = true
+            flow.pauses += 1
+            for sub in session.subscriptions.values { detachFeeds(sub) }
+            session.parked.removeAll()
+            c.stream.lowWater = bound / 4
+            c.stream.requestDrainNotification()
+            Log.event("info", "slow_consumer_paused", ["conn": String(c.id), "peer": c.peer, "queued_bytes": String(c.queuedBytes)])
+            return
+        }
+        server.metrics.slowConsumerCloses += 1
+        Log.event("warn", "slow_consumer_closed", ["conn": String(c.id), "peer": c.peer, "queued_bytes": String(c.queuedBytes)])
+        let positions = session.subscriptions.values.sorted { $0.channel < $1.channel }.map { sub in
+            (sub.channel, sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        }
+        c.sendText(ServerFrames.slowConsumer(positions: positions, limit: bound))
+        c.fail(code: 1008, reason: "outbound buffer bound exceeded")
+    }
+
+    /// Leaves every live and replay feed, keeping the next offsets.
+    private func detachFeeds(_ sub: ChannelSubscription) {
+        detachReplays(sub)
+        for feed in sub.feeds {
+            feed.subscribers.removeAll { $0 === sub }
+            if feed.subscribers.isEmpty {
+                consumer.unassign(topic: feed.tp.topic, partition: feed.tp.partition)
+                feeds.removeValue(forKey: feed.tp)
+            }
+        }
+        sub.feeds.removeAll()
+    }
+
+    /// The socket of a paused subscriber drained: resume every subscription from its
+    /// positions (through the replay lane when it is behind the live feed).
+    func resumeDrained(_ c: WebSocketConnection) {
+        guard c.isOpen, let session = c.session as? Session else { return }
+        if !session.paused {
+            // Replays parked while the socket was half full.
+            let parked = session.parked
+            session.parked.removeAll()
+            for (sub, p) in parked where session.subscriptions[sub.channel] === sub {
+                attachPartition(sub, p, start: sub.next[p] ?? 0, latest: false, high: nil)
+            }
+            return
+        }
+        session.paused = false
+        session.parked.removeAll()
+        flow.resumes += 1
+        Log.event("info", "slow_consumer_resumed", ["conn": String(c.id), "peer": c.peer])
+        for sub in session.subscriptions.values {
+            for (p, next) in sub.next.sorted(by: { $0.key < $1.key }) {
+                attachPartition(sub, p, start: next, latest: false, high: nil)
+            }
+        }
+    }
+
+    // MARK: metrics and shutdown
+
+    func flowMetricsText() -> String {
+        var s = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) {
+            s += "# HELP streamotter_\(name) \(help)\n# TYPE streamotter_\(name) \(type)\nstreamotter_\(name) \(v)\n"
+        }
+        metric("publish_dedupe_hits_total", "counter", "Publish resends answered with the original outcome instead of a second record.", flow.dedupeHits)
+        metric("publish_dedupe_entries", "gauge", "Entries in the publish dedupe window.", UInt64(flow.dedupe.count))
+        metric("publishes_held", "gauge", "Publishes waiting for room in the producer queue.", UInt64(flow.heldCount))
+        metric("publishes_held_total", "counter", "Publishes that had to wait for room in the producer queue.", flow.heldTotal)
+        metric("slow_consumer_pauses_total", "counter", "Subscribers paused for exceeding their outbound buffer bound.", flow.pauses)
+        metric("slow_consumer_resumes_total", "counter", "Paused subscribers resumed after their socket drained.", flow.resumes)
+        metric("replay_parks_total", "counter", "Replays stopped until the subscriber's socket drained.", flow.parks)
+        metric("replay_feeds", "gauge", "Topic-partitions being replayed to subscribers behind the live feed.", UInt64(flow.replay?.feeds.count ?? 0))
+        metric("replay_messages_total", "counter", "Messages delivered from replays.", flow.replay?.replayed ?? 0)
+        return s
+    }
+
+    /// Closes the replay consumer and timers (engine teardown, loop thread).
+    func closeFlow() {
+        flow.retryTimer?.close()
+        flow.retryTimer = nil
+        flow.retryTimerRunning = false
+        flow.replay?.shutdown()
+        flow.replay = nil
+    }
+}
