@@ -31,6 +31,7 @@ let package = Package(
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/StreamOtterC/exports.map",
                     "-Xlinker", "-soname=libstreamotter.so.0",
                     "-static-stdlib",
+                    "-use-ld=lld",
                 ])]),
         .executableTarget(name: "StreamOtterCLI", dependencies: ["StreamOtter"]),
         .testTarget(name: "StreamOtterCoreTests", dependencies: ["StreamOtterCore"]),
