@@ -9,6 +9,7 @@ let package = Package(
         // `streamotter`.
         .library(name: "streamotter", type: .dynamic, targets: ["StreamOtterC"]),
         .executable(name: "streamotter-cli", targets: ["StreamOtterCLI"]),
+        .executable(name: "streamotter-example", targets: ["StreamOtterExample"]),
     ],
     targets: [
         .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
@@ -34,6 +35,8 @@ let package = Package(
                     "-use-ld=lld",
                 ])]),
         .executableTarget(name: "StreamOtterCLI", dependencies: ["StreamOtter"]),
+        // examples/swift: the same small client program as examples/c, python and node.
+        .executableTarget(name: "StreamOtterExample", dependencies: ["StreamOtter"], path: "examples/swift"),
         .testTarget(name: "StreamOtterCoreTests", dependencies: ["StreamOtterCore"]),
         .testTarget(name: "StreamOtterTests", dependencies: ["StreamOtter"]),
     ],

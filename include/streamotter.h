@@ -384,11 +384,14 @@ typedef struct sot_record {
 
 typedef void (*sot_record_cb)(void *opaque, const sot_record *record);
 
-/** A Kafka consumer whose records arrive through the engine (thread or poll mode).
- *  `conf` keys: "kafka.<librdkafka property>" ("kafka.group.id" for group consumption);
- *  the engine's bootstrap servers are used unless "kafka.bootstrap.servers" is given.
- *  The engine must be running. Returns NULL with errstr set on error. */
+/** A Kafka consumer (consumer groups or assigned partitions). */
 typedef struct sot_consumer sot_consumer;
+
+/** Creates a Kafka consumer whose records arrive through the engine (thread or poll
+ *  mode). `conf` keys: "kafka.<librdkafka property>" ("kafka.group.id" for group
+ *  consumption); the engine's bootstrap servers are used unless "kafka.bootstrap.servers"
+ *  is given. `cb` must not be NULL. The engine must be running. Returns NULL with errstr
+ *  set on error. */
 SOT_API sot_consumer *sot_consumer_new(sot_engine *engine, const sot_conf *conf,
                                        sot_record_cb cb, void *opaque,
                                        char *errstr, size_t errstr_size);

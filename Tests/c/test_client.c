@@ -12,6 +12,8 @@
 
 #include <streamotter.h>
 
+static double now_s(void);
+
 static int failures = 0, checks = 0;
 #define CHECK(cond)                                                                   \
     do {                                                                              \
@@ -23,6 +25,7 @@ static int failures = 0, checks = 0;
         }                                                                             \
     } while (0)
 
+static double now_s(void);
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -51,7 +54,7 @@ static void on_close(void *o, int code, const char *reason) { (void)o; (void)cod
 static void on_error(void *o, const char *code, const char *msg) { (void)o; fprintf(stderr, "client error %s: %s\n", code, msg); }
 static void on_ack(void *o, int status, const char *code, const char *msg, int32_t p, int64_t off) {
     (void)o; (void)p; (void)off;
-    if (status == SOT_OK) atomic_fetch_add(&acks, 1);
+    if (status == SOT_OK) { int a = atomic_fetch_add(&acks, 1) + 1; if (getenv("ACKTRACE") && (a == 1 || a % 100 == 0)) fprintf(stderr, "ack %d at %.3f\n", a, now_s()); }
     else { atomic_fetch_add(&ack_errors, 1); fprintf(stderr, "ack error %s %s\n", code, msg); }
 }
 static void on_msg(void *o, const sot_message *m) {
@@ -93,7 +96,7 @@ static sot_engine *start_engine(const char *mode, const char *extra_key, const c
     char err[256];
     sot_conf *c = sot_conf_new();
     sot_conf_set(c, "listen", "127.0.0.1:0", err, sizeof err);
-    sot_conf_set(c, "embedded.brokers", "1", err, sizeof err);
+    sot_conf_set(c, "embedded.brokers", "3", err, sizeof err);
     sot_conf_set(c, "embedded.topics", "ctest:3", err, sizeof err);
     sot_conf_set(c, "mode", mode, err, sizeof err);
     if (extra_key) sot_conf_set(c, extra_key, extra_val, err, sizeof err);
@@ -140,6 +143,8 @@ static void test_roundtrip(void) {
         CHECK(sot_client_publish(cl, "ctest", key, json, on_ack, NULL) == SOT_OK);
     }
     CHECK(sot_client_publish(cl, "ctest", NULL, "{not json", on_ack, NULL) == SOT_ERR_INVALID_ARG);
+    WAIT_FOR(atomic_load(&acks) == N, 20);
+    printf("C client: %d acks after %.3f s\n", atomic_load(&acks), now_s() - t0);
     WAIT_FOR(atomic_load(&acks) == N && atomic_load(&msgs) == N, 20);
     printf("C client: %d acks, %d messages back in %.3f s\n", atomic_load(&acks), atomic_load(&msgs), now_s() - t0);
     CHECK(atomic_load(&acks) == N);
