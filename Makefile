@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 SWIFT ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 LISTEN ?= 127.0.0.1:8080
 BUILD := build
-APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl
+APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl valgrind
 PIP_PACKAGES := websockets confluent-kafka pytest
 
 .PHONY: all deps build run test test-swift test-c test-e2e install clean

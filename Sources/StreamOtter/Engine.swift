@@ -63,6 +63,8 @@ public final class Engine {
     }
 
     deinit {
+        // An engine that never ran still owns its loop.
+        if !finished && thread == nil && !started { loop.close() }
         pthread_mutex_destroy(&mutex)
         pthread_cond_destroy(&cond)
     }
