@@ -1,3 +1,4 @@
+import CShim
 import CUV
 import Glibc
 import StreamOtterCore
@@ -14,6 +15,10 @@ public struct ClientConfig {
     public var pingIntervalMs: UInt64 = 5_000
     public var connectTimeoutMs: UInt64 = 10_000
     public var maxMessageSize = 16 << 20
+    /// wss://: CA file to trust (default: the system's trust store) and whether to verify
+    /// the server's certificate and host name (on by default).
+    public var tlsCAFile: String?
+    public var tlsVerify = true
 
     public init() {}
 
@@ -43,6 +48,8 @@ public struct ClientConfig {
         case "client.ping_interval_ms": pingIntervalMs = UInt64(try int(0))
         case "client.connect_timeout_ms": connectTimeoutMs = UInt64(try int(1))
         case "client.max_message_size": maxMessageSize = try int(126, 1 << 30)
+        case "client.tls.ca_file": tlsCAFile = value.isEmpty ? nil : value
+        case "client.tls.verify": tlsVerify = !["0", "false", "no", "off"].contains(value.lowercased())
         case "reconnect.enabled": reconnect = ["1", "true", "yes", "on"].contains(value.lowercased())
         case "reconnect.initial_delay_ms": initialDelayMs = UInt64(try int(1))
         case "reconnect.max_delay_ms": maxDelayMs = UInt64(try int(1))
@@ -152,6 +159,7 @@ public final class StreamClient: TCPStreamDelegate {
     let engine: Engine
     private var loop: EventLoop { engine.loop }
     private let target: WSURL
+    private var tlsContext: TLSContext?
 
     // Callbacks (loop thread).
     public var onOpen: ((String?) -> Void)?
@@ -217,7 +225,13 @@ public final class StreamClient: TCPStreamDelegate {
         self.url = url
         self.config = config
         target = try WSURL(url)
-        if target.secure { throw ConfigError("url: wss:// is not supported yet; use ws://") }
+        if target.secure {
+            var err = [CChar](repeating: 0, count: 512)
+            guard let ctx = cshim_tls_client_ctx(config.tlsCAFile, config.tlsVerify ? 1 : 0, 12, &err, err.count) else {
+                throw ConfigError("client.tls: \(String(cString: err))")
+            }
+            tlsContext = TLSContext(ctx)
+        }
         decoder = FrameDecoder(limits: WSLimits(maxFrameSize: config.maxMessageSize, maxMessageSize: config.maxMessageSize, requireMasked: false))
         pthread_mutex_init(&healthLock, nil)
     }
@@ -423,8 +437,16 @@ public final class StreamClient: TCPStreamDelegate {
             case .success(let s):
                 self.stream = s
                 s.delegate = self
+                if let ctx = self.tlsContext {
+                    let host = self.target.host.hasPrefix("[") ? "" : self.target.host
+                    guard let ch = TLSChannel(context: ctx.ctx, server: false, hostname: host) else {
+                        self.connectFailed(ClientError(code: "connect_failed", message: "TLS session could not be created"))
+                        return
+                    }
+                    s.startClientTLS(ch)
+                }
                 s.startReading()
-                self.sendHandshake()
+                self.sendHandshake()   // waits for the TLS handshake when there is one
             }
         }
     }
@@ -731,7 +753,8 @@ public final class StreamClient: TCPStreamDelegate {
             // An open connection that was lost: reconnect (not counted as a failure).
             scheduleReconnect()
         } else if !userClosed, state == .connecting {
-            connectFailed(ClientError(code: "connect_failed", message: "connection closed during the handshake"))
+            connectFailed(ClientError(code: s.failure != nil ? "tls_failed" : "connect_failed",
+                                      message: s.failure ?? "connection closed during the handshake"))
         }
     }
 

@@ -36,6 +36,20 @@ public struct EngineConfig {
     /// positions) or pause it until its socket drains.
     public var slowConsumerPause = false
     var ws = WebSocketSettings()
+    var tlsSettings = TLSServerSettings(certFile: "", keyFile: "")
+
+    /// The WebSocket settings with TLS resolved (TLS is on when a certificate is set).
+    func webSocketSettings() throws -> WebSocketSettings {
+        var w = ws
+        if !tlsSettings.certFile.isEmpty || !tlsSettings.keyFile.isEmpty || !tlsSettings.sni.isEmpty {
+            guard !tlsSettings.certFile.isEmpty, !tlsSettings.keyFile.isEmpty else {
+                throw ConfigError("tls: both tls.cert_file and tls.key_file are required")
+            }
+            w.tls = tlsSettings
+        }
+        return w
+    }
+    public var usesTLS: Bool { !tlsSettings.certFile.isEmpty }
     private var idleTimeoutSet = false
 
     public init() {}
@@ -50,6 +64,7 @@ public struct EngineConfig {
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
+        "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
         "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer",
     ]
 
@@ -83,6 +98,23 @@ public struct EngineConfig {
                 throw ConfigError("gateway.protocol: expected streamotter.v1 or none, got '\(value)'")
             }
             handleProtocol = value != "none"
+        case "tls.cert_file": tlsSettings.certFile = value
+        case "tls.key_file": tlsSettings.keyFile = value
+        case "tls.ca_file": tlsSettings.caFile = value.isEmpty ? nil : value
+        case "tls.client_auth":
+            switch value {
+            case "none": tlsSettings.clientAuth = 0
+            case "request", "optional": tlsSettings.clientAuth = 1
+            case "require", "required": tlsSettings.clientAuth = 2
+            default: throw ConfigError("tls.client_auth: expected none, request or require, got '\(value)'")
+            }
+        case "tls.min_version":
+            switch value {
+            case "1.2": tlsSettings.minVersion = 12
+            case "1.3": tlsSettings.minVersion = 13
+            default: throw ConfigError("tls.min_version: expected 1.2 or 1.3 (older versions are refused), got '\(value)'")
+            }
+        case "tls.reload_interval_ms": tlsSettings.reloadIntervalMs = UInt64(try int(0))
         case "reuseport":
             reusePort = ["1", "true", "yes", "on"].contains(value.lowercased())
         case "embedded.brokers": embeddedBrokers = try int(1, 16)
@@ -113,6 +145,13 @@ public struct EngineConfig {
             }
             slowConsumerPause = value == "pause"
         default:
+            if key.hasPrefix("tls.sni.") {
+                let host = String(key.dropFirst(8))
+                let parts = value.split(separator: ",").map { String($0).trimmingSpaces }
+                guard !host.isEmpty, parts.count == 2 else { throw ConfigError("\(key): expected CERT_FILE,KEY_FILE") }
+                tlsSettings.sni.append((host, parts[0], parts[1]))
+                return
+            }
             if key.hasPrefix("kafka.") {
                 kafka.append((String(key.dropFirst(6)), value)); return
             }

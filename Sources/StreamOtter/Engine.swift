@@ -107,7 +107,7 @@ public final class Engine {
             return
         }
         if cfg.mode == "echo" {
-            let s = WebSocketServer(loop: loop, settings: cfg.ws)
+            let s = WebSocketServer(loop: loop, settings: try cfg.webSocketSettings())
             server = s
             let echo = EchoService(server: s)
             echoService = echo
@@ -135,7 +135,7 @@ public final class Engine {
             producer = p
             let c = try KafkaFanoutConsumer(loop: loop, props: cfg.kafka + cfg.kafkaConsumer, lookupProps: cfg.kafka)
             consumer = c
-            let s = WebSocketServer(loop: loop, settings: cfg.ws)
+            let s = WebSocketServer(loop: loop, settings: try cfg.webSocketSettings())
             server = s
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
             g.kafkaDescription = embedded != nil ? "embedded" : "external"

@@ -105,7 +105,7 @@ final class TCPStream: TurnFlushable {
             guard let s, let me = TCPStream.from(UnsafeMutableRawPointer(s)) else { return }
             if nread > 0, let base = buf?.pointee.base {
                 if me.discarding { return }
-                me.delegate?.streamDidRead(me, UnsafeRawBufferPointer(start: base, count: nread))
+                me.received(UnsafeRawBufferPointer(start: base, count: nread))
             } else if nread < 0 {
                 me.reading = false
                 uv_read_stop(s)
@@ -113,6 +113,62 @@ final class TCPStream: TurnFlushable {
                 me.close()
             }
         })
+    }
+
+    /// TLS on this stream (set before the first byte is read or written).
+    var tls: TLSChannel?
+    /// Called once when the TLS handshake completed.
+    var onTLSReady: (() -> Void)?
+    /// Why the stream failed (TLS), for error messages.
+    private(set) var failure: String?
+
+    private func received(_ bytes: UnsafeRawBufferPointer) {
+        guard let tls else {
+            delegate?.streamDidRead(self, bytes)
+            return
+        }
+        let wasDone = tls.handshakeDone
+        let pool = loop.readPool
+        tls.receive(bytes, scratch: pool.plain, scratchSize: pool.size) { plain in
+            if !isClosing { delegate?.streamDidRead(self, plain) }
+        }
+        if isClosing { return }
+        writeTLSOutput()
+        if tls.failed {
+            failure = "TLS: " + tls.failure
+            reading = false
+            uv_read_stop(rawStream(handle))
+            delegate?.streamDidEnd(self, error: -71 /* EPROTO */)
+            close()
+            return
+        }
+        if !wasDone && tls.handshakeDone {
+            onTLSReady?()
+            onTLSReady = nil
+            if !pending.isEmpty && !pendingMarked {
+                pendingMarked = true
+                loop.markDirty(self)
+            }
+        }
+        if tls.peerClosed && !isClosing {
+            reading = false
+            uv_read_stop(rawStream(handle))
+            delegate?.streamDidEnd(self, error: -4095 /* EOF */)
+            close()
+        }
+    }
+
+    /// Starts a client-side TLS handshake on a connected stream.
+    func startClientTLS(_ channel: TLSChannel) {
+        tls = channel
+        channel.startHandshake()
+        writeTLSOutput()
+    }
+
+    /// Sends whatever ciphertext OpenSSL produced (handshake, alerts) right away.
+    private func writeTLSOutput() {
+        guard let tls, let out = tls.takeOutput() else { return }
+        rawWrite([(out, 0, out.count)], accounted: 0)
     }
 
     func stopReading() {
@@ -149,14 +205,34 @@ final class TCPStream: TurnFlushable {
     func flushTurn() {
         pendingMarked = false
         guard !pending.isEmpty, !isClosing else { return }
+        if let tls {
+            // Plaintext waits for the handshake, then goes out as one ciphertext buffer.
+            guard tls.handshakeDone else { return }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            var total = 0
+            for (b, off, n) in batch {
+                _ = tls.send(b.base + off, n)
+                total += n
+            }
+            if let out = tls.takeOutput() { rawWrite([(out, 0, out.count)], accounted: total) }
+            else { queuedBytes -= total }
+            return
+        }
         let batch = pending
         pending.removeAll(keepingCapacity: true)
         var total = 0
+        for (_, _, n) in batch { total += n }
+        rawWrite(batch, accounted: total)
+    }
+
+    /// One uv_write of `batch`; `accounted` bytes of queuedBytes are released when done.
+    private func rawWrite(_ batch: [(OutBuffer, Int, Int)], accounted: Int) {
+        var total = accounted
         var uvbufs = [uv_buf_t]()
         uvbufs.reserveCapacity(batch.count)
         for (b, off, n) in batch {
             uvbufs.append(uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(n)))
-            total += n
         }
         let req = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
         req.pointee.data = Unmanaged.passRetained(WriteReq(batch, self, total)).toOpaque()
@@ -174,6 +250,7 @@ final class TCPStream: TurnFlushable {
             req.deallocate()
             writeDone(total, status: rc)
         }
+        _ = total
     }
 
     private func writeDone(_ n: Int, status: Int32) {
@@ -205,6 +282,10 @@ final class TCPStream: TurnFlushable {
     private func shutdownAndLinger() {
         guard !shutdownSent, !isClosing else { return }
         shutdownSent = true
+        if let tls, tls.handshakeDone, !tls.failed {
+            tls.closeNotify()
+            writeTLSOutput()
+        }
         let req = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
         let rc = uv_shutdown(req, rawStream(handle)) { r, _ in r?.deallocate() }
         if rc != 0 {
@@ -232,7 +313,12 @@ final class TCPStream: TurnFlushable {
 final class ReadPool {
     let size = 65536
     let base = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
-    deinit { base.deallocate() }
+    /// Decrypted bytes of a TLS read (the ciphertext is still in `base`).
+    let plain = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+    deinit {
+        base.deallocate()
+        plain.deallocate()
+    }
 }
 
 struct UVError: Error, CustomStringConvertible {

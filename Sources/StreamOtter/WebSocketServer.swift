@@ -12,6 +12,8 @@ struct WebSocketSettings {
     var closeTimeoutMs: UInt64 = 2_000
     var maxBufferedBytes = 16 << 20
     var subprotocols = ["streamotter.v1"]
+    /// TLS (wss://) when set.
+    var tls: TLSServerSettings?
 }
 
 /// Result of queueing an outbound message.
@@ -381,6 +383,9 @@ final class WebSocketServer {
     private var streams: [ObjectIdentifier: (TCPStream, UInt64)] = [:]   // lingering non-WS streams
     private var nextID: UInt64 = 1
     private var sweepTimer: LoopTimer?
+    private var tlsContext: TLSContext?
+    private var tlsStamp: [Int] = []
+    private var reloadTimer: LoopTimer?
 
     init(loop: EventLoop, settings: WebSocketSettings) {
         self.loop = loop
@@ -391,6 +396,15 @@ final class WebSocketServer {
     var boundAddress: String { listener?.boundAddress ?? "" }
 
     func listen(host: String, port: Int, reusePort: Bool = false) throws {
+        if let t = settings.tls {
+            tlsContext = TLSContext(try t.makeContext())
+            tlsStamp = t.fileStamp()
+            if t.reloadIntervalMs > 0 {
+                let rt = LoopTimer(loop: loop)
+                rt.start(afterMs: t.reloadIntervalMs, repeatMs: t.reloadIntervalMs, unref: true) { [unowned self] in self.reloadTLSIfChanged() }
+                reloadTimer = rt
+            }
+        }
         listener = try TCPListener(loop: loop, host: host, port: port, reusePort: reusePort) { [unowned self] l in
             self.accept(l)
         }
@@ -400,8 +414,31 @@ final class WebSocketServer {
         sweepTimer = t
     }
 
+    /// Certificate reload without a restart: a renewed certificate or key file is loaded
+    /// for new connections; a broken one is logged and the current one kept.
+    func reloadTLSIfChanged() {
+        guard let t = settings.tls, let ctx = tlsContext else { return }
+        let stamp = t.fileStamp()
+        guard stamp != tlsStamp else { return }
+        do {
+            ctx.replace(try t.makeContext())
+            tlsStamp = stamp
+            Log.event("info", "tls_reloaded", ["cert_file": t.certFile])
+        } catch {
+            tlsStamp = stamp
+            Log.event("error", "tls_reload_failed", ["error": "\(error)"])
+        }
+    }
+
     private func accept(_ l: TCPListener) {
         guard let s = try? TCPStream(loop: loop, accepting: l.handle) else { return }
+        if let ctx = tlsContext {
+            guard let ch = TLSChannel(context: ctx.ctx, server: true) else {
+                s.close()
+                return
+            }
+            s.tls = ch
+        }
         let id = nextID
         nextID += 1
         connections[id] = WebSocketConnection(id: id, stream: s, server: self)
@@ -446,5 +483,7 @@ final class WebSocketServer {
         for (s, _) in streams.values { s.close() }
         sweepTimer?.close()
         sweepTimer = nil
+        reloadTimer?.close()
+        reloadTimer = nil
     }
 }

@@ -115,7 +115,7 @@ case "serve":
     if config.mode == "gateway" {
         say("kafka: \(engine.isEmbeddedKafka || sharedKafka != nil ? "embedded " : "")bootstrap.servers=\(engine.bootstrapServers)")
     }
-    say("listening: ws://\(engine.listenAddress)/\(engines > 1 ? " (\(engines) engines)" : "")")
+    say("listening: \(config.usesTLS ? "wss" : "ws")://\(engine.listenAddress)/\(engines > 1 ? " (\(engines) engines)" : "")")
     for e in all { e.wait() }
     withExtendedLifetime(sharedKafka) {}
     exit(0)
