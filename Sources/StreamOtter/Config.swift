@@ -36,6 +36,8 @@ public struct EngineConfig {
     /// positions) or pause it until its socket drains.
     public var slowConsumerPause = false
     var ws = WebSocketSettings()
+    /// Most channels one connection may subscribe to.
+    public var maxSubscriptions = 100
     var tlsSettings = TLSServerSettings(certFile: "", keyFile: "")
 
     /// The WebSocket settings with TLS resolved (TLS is on when a certificate is set).
@@ -64,7 +66,8 @@ public struct EngineConfig {
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
-        "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
+        "security.allowed_origins", "limits.max_connections", "limits.max_connections_per_address",
+        "limits.max_subscriptions", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
         "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer",
     ]
 
@@ -98,6 +101,11 @@ public struct EngineConfig {
                 throw ConfigError("gateway.protocol: expected streamotter.v1 or none, got '\(value)'")
             }
             handleProtocol = value != "none"
+        case "security.allowed_origins":
+            ws.allowedOrigins = value.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        case "limits.max_connections": ws.maxConnections = try int(1)
+        case "limits.max_connections_per_address": ws.maxConnectionsPerAddress = try int(1)
+        case "limits.max_subscriptions": maxSubscriptions = try int(1)
         case "tls.cert_file": tlsSettings.certFile = value
         case "tls.key_file": tlsSettings.keyFile = value
         case "tls.ca_file": tlsSettings.caFile = value.isEmpty ? nil : value

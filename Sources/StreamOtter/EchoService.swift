@@ -10,6 +10,9 @@ final class EchoService: WebSocketServerDelegate {
         request.path == "/healthz" ? (200, "application/json", "{\"status\":\"ok\",\"mode\":\"echo\"}\n")
             : (404, "text/plain; charset=utf-8", "not found\n")
     }
+    func authorizeUpgrade(_ c: WebSocketConnection, request: HTTPRequest, done: @escaping (UpgradeDecision) -> Void) {
+        done(.allow(Identity()))
+    }
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {}
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
         message.withUnsafeBytes { _ = c.sendFrame(.text, $0) }

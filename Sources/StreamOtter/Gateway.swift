@@ -49,6 +49,11 @@ final class PartitionFeed {
     init(_ tp: TopicPartition) { self.tp = tp }
 }
 
+/// Decides upgrades (JWT, introspection, custom callback). Loop thread.
+protocol UpgradeAuthenticator: AnyObject {
+    func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void)
+}
+
 /// What the gateway tells the embedding host about connections. Loop thread.
 protocol GatewayHooks: AnyObject {
     func connectionOpened(_ id: UInt64, path: String, headers: [(String, String)])
@@ -73,6 +78,8 @@ final class Gateway: WebSocketServerDelegate {
     var shuttingDown = false
     /// The embedding host's view of connections (the engine).
     weak var hooks: GatewayHooks?
+    /// Authentication at the upgrade; nil = anonymous (with the mTLS subject if any).
+    var authenticator: UpgradeAuthenticator?
     var kafkaDescription = ""
     let startedAt = loopStartTime()
 
@@ -145,6 +152,14 @@ final class Gateway: WebSocketServerDelegate {
     }
 
     // MARK: connections
+
+    func authorizeUpgrade(_ c: WebSocketConnection, request: HTTPRequest, done: @escaping (UpgradeDecision) -> Void) {
+        guard let auth = authenticator else {
+            done(.allow(Identity(subject: c.tlsPeerSubject, method: c.tlsPeerSubject == nil ? "anonymous" : "mtls")))
+            return
+        }
+        auth.authenticate(c, request, done)
+    }
 
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {
         c.session = Session()
@@ -251,6 +266,11 @@ final class Gateway: WebSocketServerDelegate {
     private func subscribe(_ c: WebSocketConnection, _ session: Session, id: String?, channel: String, from: StartPosition) {
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down"))
+            return
+        }
+        if session.subscriptions.count + session.pending.count >= config.maxSubscriptions {
+            reply(c, ServerFrames.error(id: id, code: "too_many_subscriptions",
+                message: "at most \(config.maxSubscriptions) subscriptions per connection (limits.max_subscriptions)"))
             return
         }
         if session.subscriptions[channel] != nil || session.pending.contains(channel) {
@@ -418,7 +438,12 @@ final class Gateway: WebSocketServerDelegate {
                 message: "channel '\(topic)' partition \(partition): position \(sub.next[partition] ?? -1) is no longer available; continuing from the earliest available offset"))
             sub.next[partition] = 0
         }
-        _ = consumer.seek(topic: topic, partition: partition, offset: Int64(RD_KAFKA_OFFSET_BEGINNING))
+        // With auto.offset.reset=error the partition's fetcher has stopped (librdkafka
+        // refuses a seek on it: "partition not started"): assign it again, from the start.
+        consumer.unassign(topic: topic, partition: partition)
+        if let e = consumer.assign(topic: topic, partition: partition, offset: Int64(RD_KAFKA_OFFSET_BEGINNING)) {
+            Log.event("error", "kafka_assign_failed", ["topic": topic, "partition": String(partition), "error": e.description])
+        }
         feed.position = 0
     }
 }

@@ -14,6 +14,35 @@ struct WebSocketSettings {
     var subprotocols = ["streamotter.v1"]
     /// TLS (wss://) when set.
     var tls: TLSServerSettings?
+    /// Browser origins allowed to open WebSockets: empty = same host only (the Origin's
+    /// host must match the Host header), "*" = any. Requests without Origin (non-browser
+    /// clients) are not affected.
+    var allowedOrigins: [String] = []
+    var maxConnections = 100_000
+    var maxConnectionsPerAddress = 1_000
+}
+
+/// Who a connection belongs to, as decided at the upgrade.
+public struct Identity: Sendable {
+    public var subject: String?
+    public var roles: [String]
+    /// Milliseconds since the epoch when the credential expires (nil: never).
+    public var expiresAtMs: Int64?
+    /// How it was established: "anonymous", "jwt", "introspection", "custom", "mtls".
+    public var method: String
+    public init(subject: String? = nil, roles: [String] = [], expiresAtMs: Int64? = nil, method: String = "anonymous") {
+        self.subject = subject
+        self.roles = roles
+        self.expiresAtMs = expiresAtMs
+        self.method = method
+    }
+}
+
+/// The answer to an upgrade request.
+enum UpgradeDecision {
+    case allow(Identity)
+    /// An HTTP status (401, 403, 429, 503...) and a reason; no upgrade happens.
+    case deny(Int, String)
 }
 
 /// Result of queueing an outbound message.
@@ -29,6 +58,8 @@ enum SendStatus {
 protocol WebSocketServerDelegate: AnyObject {
     /// A plain HTTP request (not an upgrade): return status, content type and body.
     func httpResponse(for request: HTTPRequest) -> (Int, String, String)
+    /// Decides a valid upgrade request (authentication); `done` runs once, possibly later.
+    func authorizeUpgrade(_ c: WebSocketConnection, request: HTTPRequest, done: @escaping (UpgradeDecision) -> Void)
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest)
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8])
     func connectionBinary(_ c: WebSocketConnection, _ message: [UInt8])
@@ -41,6 +72,8 @@ protocol WebSocketServerDelegate: AnyObject {
 final class WebSocketConnection: TCPStreamDelegate {
     enum State {
         case handshake
+        /// A valid upgrade request waits for the authentication decision.
+        case authorizing
         case open
         /// We sent a Close and wait for the peer's (or the deadline).
         case closing(deadline: UInt64)
@@ -52,6 +85,7 @@ final class WebSocketConnection: TCPStreamDelegate {
     unowned let server: WebSocketServer
     private(set) var state: State = .handshake
     private var head: [UInt8] = []
+    private var held: [UInt8] = []
     private var decoder: FrameDecoder
     private let acceptedAt: UInt64
     private var lastReceive: UInt64
@@ -62,6 +96,17 @@ final class WebSocketConnection: TCPStreamDelegate {
     private var closeReason = ""
     /// Gateway state for this connection.
     var session: AnyObject?
+    /// Decided at the upgrade.
+    var identity = Identity()
+    /// The client certificate's subject (mTLS), once the TLS handshake is done.
+    var tlsPeerSubject: String? { stream.tls?.peerSubject }
+    /// The client's address without the port.
+    var peerAddress: String {
+        let p = stream.peer
+        if p.hasPrefix("["), let close = p.firstIndex(of: "]") { return String(p[p.index(after: p.startIndex)..<close]) }
+        if let colon = p.lastIndex(of: ":") { return String(p[..<colon]) }
+        return p
+    }
     var peer: String { stream.peer }
 
     init(id: UInt64, stream: TCPStream, server: WebSocketServer) {
@@ -121,7 +166,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             recordClose(code, reason)
             state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
             server.track(self)
-        case .handshake:
+        case .handshake, .authorizing:
             state = .closed
             stream.close()
         case .closing, .closed:
@@ -140,7 +185,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             stream.closeAfterWrites()
         case .closing:
             stream.closeAfterWrites()
-        case .handshake:
+        case .handshake, .authorizing:
             state = .closed
             stream.close()
         case .closed:
@@ -187,7 +232,7 @@ final class WebSocketConnection: TCPStreamDelegate {
     func sweep(now: UInt64) {
         let s = server.settings
         switch state {
-        case .handshake:
+        case .handshake, .authorizing:
             if now &- acceptedAt >= s.handshakeTimeoutMs {
                 server.metrics.handshakeTimeouts += 1
                 state = .closed
@@ -217,7 +262,7 @@ final class WebSocketConnection: TCPStreamDelegate {
 
     var needsSweep: Bool {
         switch state {
-        case .handshake, .closing: return true
+        case .handshake, .authorizing, .closing: return true
         case .open: return server.settings.pingIntervalMs > 0 || server.settings.idleTimeoutMs > 0
         case .closed: return false
         }
@@ -231,6 +276,10 @@ final class WebSocketConnection: TCPStreamDelegate {
         switch state {
         case .handshake:
             readHandshake(bytes)
+        case .authorizing:
+            // Frames sent before the 101 (allowed by clients that pipeline): hold them.
+            if head.count + bytes.count > 65536 { fail(code: 1009, reason: "too much data before the upgrade"); return }
+            held.append(contentsOf: bytes)
         case .open, .closing:
             readFrames(bytes)
         case .closed:
@@ -288,17 +337,49 @@ final class WebSocketConnection: TCPStreamDelegate {
             stream.closeAfterWrites()
             server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
         case .accept(let key, let proto):
-            subprotocol = proto
-            stream.write(WebSocketHandshake.acceptResponse(acceptKey: key, subprotocol: proto))
-            state = .open
-            opened = true
-            server.metrics.connectionsOpened += 1
-            server.metrics.openWebSockets += 1
+            if let (status, reason) = server.admissionCheck(self, req) {
+                server.metrics.httpErrors += 1
+                respondAndClose(status: status, reason: HTTPStatus.reasonPhrase(status), body: reason + "\n")
+                return
+            }
             let rest = Array(head[consumed...])
             head = []
-            server.delegate?.connectionOpened(self, request: req)
-            if !rest.isEmpty { rest.withUnsafeBytes { readFrames($0) } }
+            state = .authorizing
+            guard let delegate = server.delegate else {
+                upgrade(req, key: key, proto: proto, rest: rest, identity: Identity())
+                return
+            }
+            delegate.authorizeUpgrade(self, request: req) { [weak self] decision in
+                guard let self, case .authorizing = self.state, !self.stream.isClosing else { return }
+                switch decision {
+                case .allow(let identity):
+                    self.upgrade(req, key: key, proto: proto, rest: rest, identity: identity)
+                case .deny(let status, let reason):
+                    self.server.metrics.authFailures += 1
+                    var headers: [(String, String)] = []
+                    if status == 401 { headers.append(("WWW-Authenticate", "Bearer")) }
+                    self.state = .closed
+                    self.stream.write(WebSocketHandshake.simpleResponse(status: status, reason: HTTPStatus.reasonPhrase(status),
+                                                                       body: reason + "\n", headers: headers))
+                    self.stream.closeAfterWrites()
+                    self.server.lingering(self.stream, deadline: loopNowMs(self.server.loop) + self.server.settings.closeTimeoutMs)
+                }
+            }
         }
+    }
+
+    private func upgrade(_ req: HTTPRequest, key: String, proto: String?, rest: [UInt8], identity: Identity) {
+        self.identity = identity
+        subprotocol = proto
+        stream.write(WebSocketHandshake.acceptResponse(acceptKey: key, subprotocol: proto))
+        state = .open
+        opened = true
+        server.metrics.connectionsOpened += 1
+        server.metrics.openWebSockets += 1
+        server.delegate?.connectionOpened(self, request: req)
+        let early = rest + held
+        held = []
+        if !early.isEmpty { early.withUnsafeBytes { readFrames($0) } }
     }
 
     private func respondAndClose(status: Int, reason: String, body: String) {
@@ -370,6 +451,8 @@ final class ServerMetrics {
     var publishFailures: UInt64 = 0
     var deliveries: UInt64 = 0
     var slowConsumerCloses: UInt64 = 0
+    var authFailures: UInt64 = 0
+    var admissionRefusals: UInt64 = 0
 }
 
 /// Accepts TCP connections and runs WebSocket connections on them. Loop thread only.
@@ -441,7 +524,9 @@ final class WebSocketServer {
         }
         let id = nextID
         nextID += 1
-        connections[id] = WebSocketConnection(id: id, stream: s, server: self)
+        let c = WebSocketConnection(id: id, stream: s, server: self)
+        connections[id] = c
+        perAddress[c.peerAddress, default: 0] += 1
     }
 
     /// Keeps a stream that is no longer a WebSocket until it closes or its deadline passes.
@@ -451,7 +536,39 @@ final class WebSocketServer {
 
     func track(_ c: WebSocketConnection) {}
 
+    private var perAddress: [String: Int] = [:]
+
+    /// Origin allow-list and connection limits, checked before authentication. Returns
+    /// (status, reason) to refuse the upgrade.
+    func admissionCheck(_ c: WebSocketConnection, _ req: HTTPRequest) -> (Int, String)? {
+        if let origin = req.header("Origin"), !originAllowed(origin, host: req.header("Host")) {
+            metrics.admissionRefusals += 1
+            return (403, "origin '\(origin)' is not allowed")
+        }
+        if metrics.openWebSockets >= settings.maxConnections {
+            metrics.admissionRefusals += 1
+            return (503, "the gateway is at its connection limit")
+        }
+        if (perAddress[c.peerAddress] ?? 0) > settings.maxConnectionsPerAddress {
+            metrics.admissionRefusals += 1
+            return (429, "too many connections from this address")
+        }
+        return nil
+    }
+
+    func originAllowed(_ origin: String, host: String?) -> Bool {
+        if settings.allowedOrigins.contains("*") { return true }
+        if settings.allowedOrigins.contains(where: { $0.lowercased() == origin.lowercased() }) { return true }
+        guard settings.allowedOrigins.isEmpty, let host else { return false }
+        // Same host: the Origin's authority equals the Host header.
+        let parts = origin.split(separator: "/", omittingEmptySubsequences: true)
+        guard parts.count >= 2, parts[0].hasSuffix(":") else { return false }
+        return parts[1].lowercased() == host.lowercased()
+    }
+
     func remove(_ c: WebSocketConnection) {
+        let addr = c.peerAddress
+        if let n = perAddress[addr] { perAddress[addr] = n > 1 ? n - 1 : nil }
         if connections.removeValue(forKey: c.id) != nil { metrics.connectionsClosed += 1 }
         streams.removeValue(forKey: ObjectIdentifier(c.stream))
     }
