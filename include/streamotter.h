@@ -249,6 +249,34 @@ SOT_API int sot_engine_publish(sot_engine *engine, const char *channel, int32_t 
                                sot_delivery_cb cb, void *opaque);
 
 /* ---------------------------------------------------------------------------------- */
+/* Custom authentication of upgrades                                                   */
+
+/** Called for every valid WebSocket upgrade request before the 101 is sent. `request`
+ *  names it in the answer; `path` is the request target, `headers` the request headers
+ *  (values NUL-terminated), `peer_address` the client's IP, `tls_subject` the client
+ *  certificate's subject (NULL without mTLS). Answer with sot_auth_allow or sot_auth_deny,
+ *  now or later, from any thread, before "ws.handshake_timeout_ms" (else the client gets
+ *  408 and the late answer returns SOT_ERR_NOT_FOUND). */
+typedef void (*sot_auth_cb)(void *opaque, uint64_t request, const char *path,
+                            const sot_header *headers, size_t n_headers,
+                            const char *peer_address, const char *tls_subject);
+
+/** Sets the authentication callback. Call before sot_engine_start (SOT_ERR_STATE
+ *  afterwards). While it is set, every upgrade waits for its answer. */
+SOT_API int sot_engine_set_auth_callback(sot_engine *engine, sot_auth_cb cb, void *opaque);
+
+/** Allows upgrade `request` with an identity: `subject` (may be NULL), `roles` as a
+ *  comma-separated list (may be NULL), `expires_at_ms` (ms since the epoch when the
+ *  credential expires and the connection must be closed; 0 = never). Any thread. Returns
+ *  SOT_OK, or SOT_ERR_NOT_FOUND when the request is unknown or was answered already. */
+SOT_API int sot_auth_allow(sot_engine *engine, uint64_t request, const char *subject,
+                           const char *roles, int64_t expires_at_ms);
+
+/** Refuses upgrade `request` with an HTTP `status` (400-599; 401 and 403 are usual) and a
+ *  `reason` for the response body (may be NULL). Any thread. SOT_ERR_NOT_FOUND as above. */
+SOT_API int sot_auth_deny(sot_engine *engine, uint64_t request, int status, const char *reason);
+
+/* ---------------------------------------------------------------------------------- */
 /* WebSocket client (streamotter.v1, with reconnection)                                 */
 
 /** A client connection to a gateway (or any WebSocket server) that lives on an engine's

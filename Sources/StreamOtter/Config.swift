@@ -52,6 +52,7 @@ public struct EngineConfig {
         return w
     }
     public var usesTLS: Bool { !tlsSettings.certFile.isEmpty }
+    public var handshakeTimeoutMs: UInt64 { ws.handshakeTimeoutMs }
     private var idleTimeoutSet = false
 
     public init() {}

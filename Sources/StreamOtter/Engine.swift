@@ -47,6 +47,9 @@ public final class Engine {
     var liveConnections = Set<UInt64>()
     /// Set before start.
     public var serverHooks = ServerHooks()
+    /// Authentication of upgrades by the host (set before start). Runs on the loop
+    /// thread; answer through the closure, from any thread, before the handshake timeout.
+    public var authHandler: ((AuthRequest, @escaping (AuthAnswer) -> Void) -> Void)?
     private var cond = pthread_cond_t()
 
     /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
@@ -140,6 +143,7 @@ public final class Engine {
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
             g.kafkaDescription = embedded != nil ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
+            if let h = authHandler { g.authenticator = CustomAuthenticator(loop: loop, handler: h) }
             gateway = g
             s.delegate = g
             try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)
@@ -353,6 +357,18 @@ extension Engine: GatewayHooks {
 
     /// Runs `f` on the loop thread (any thread).
     public func runOnLoop(_ f: @escaping () -> Void) { loop.post(f) }
+
+    /// Runs `f` on the loop thread after `ms` milliseconds (any thread).
+    public func runAfter(ms: Int, _ f: @escaping (Engine) -> Void) {
+        loop.post { [weak self] in
+            guard let self else { return }
+            let t = LoopTimer(loop: self.loop)
+            t.start(afterMs: UInt64(max(0, ms)), unref: true) { [weak self] in
+                t.close()
+                if let self { f(self) }
+            }
+        }
+    }
 
     /// True on the engine's loop thread.
     public var isLoopThread: Bool { loop.isLoopThread }

@@ -52,6 +52,19 @@ final class PartitionFeed {
 /// Decides upgrades (JWT, introspection, custom callback). Loop thread.
 protocol UpgradeAuthenticator: AnyObject {
     func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void)
+    /// Verifies a refreshed token for an open connection (`{"op":"auth"}`).
+    func verify(token: String, for c: WebSocketConnection, _ done: @escaping (Result<Identity, AuthFailure>) -> Void)
+}
+
+struct AuthFailure: Error {
+    let status: Int
+    let message: String
+}
+
+extension UpgradeAuthenticator {
+    func verify(token: String, for c: WebSocketConnection, _ done: @escaping (Result<Identity, AuthFailure>) -> Void) {
+        done(.failure(AuthFailure(status: 400, message: "token refresh is not supported by this authentication method")))
+    }
 }
 
 /// What the gateway tells the embedding host about connections. Loop thread.
@@ -218,12 +231,50 @@ final class Gateway: WebSocketServerDelegate {
             }
             detach(sub)
             reply(c, ServerFrames.ok(id: id))
+        case .auth(let id, let token):
+            refreshCredential(c, id: id, token: token)
+        }
+    }
+
+    // MARK: credentials
+
+    /// `{"op":"auth","token":...}`: a new credential for an open connection. It must verify
+    /// and name the same subject; the connection then lives until the new expiry.
+    private func refreshCredential(_ c: WebSocketConnection, id: String?, token: String) {
+        guard let auth = authenticator else {
+            reply(c, ServerFrames.error(id: id, code: "unsupported", message: "this gateway does not use tokens (no authentication configured)"))
+            return
+        }
+        auth.verify(token: token, for: c) { [weak self, weak c] result in
+            guard let self, let c, c.isOpen else { return }
+            switch result {
+            case .success(let identity):
+                guard identity.subject == c.identity.subject else {
+                    self.reply(c, ServerFrames.error(id: id, code: "unauthorized", message: "the new token names another subject"))
+                    return
+                }
+                c.identity = identity
+                self.reply(c, ServerFrames.ok(id: id))
+            case .failure(let e):
+                self.reply(c, ServerFrames.error(id: id, code: "unauthorized", message: e.message))
+            }
         }
     }
 
     // MARK: publish
 
+    func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64) {
+        var f = Array("{\"op\":\"error\",\"code\":\"token_expiring\",\"message\":\"the credential expires soon; send {\\\"op\\\":\\\"auth\\\",\\\"token\\\":...} to refresh it\",\"expires_at\":".utf8)
+        f += Array(String(expiresAtMs).utf8)
+        f.append(UInt8(ascii: "}"))
+        reply(c, f)
+    }
+
     private func publish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?, headers: [(String, [UInt8])], value: [UInt8]) {
+        if c.credentialExpired {
+            reply(c, ServerFrames.error(id: id, code: "unauthorized", message: "the credential has expired"))
+            return
+        }
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
             return

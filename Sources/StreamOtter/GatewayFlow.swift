@@ -332,6 +332,8 @@ extension Gateway {
         var n = 0
         for sub in subscribers {
             guard offset >= sub.next[partition] ?? Int64.max else { continue }
+            // Nothing is delivered on an expired credential (the connection is closing).
+            if sub.connection.credentialExpired { continue }
             sub.next[partition] = offset + 1
             if frame == nil { frame = encodeMessage(m, topic: topic) }
             n += 1

@@ -114,7 +114,10 @@ final class ReplayLane {
 
     /// Moves a feed back to the beginning (after its position went out of range).
     func rewindToBeginning(_ f: ReplayFeed) {
-        _ = consumer.seek(topic: f.tp.topic, partition: f.tp.partition, offset: Int64(RD_KAFKA_OFFSET_BEGINNING))
+        // The fetcher stopped at the error (auto.offset.reset=error); a seek is refused
+        // then, so the partition is assigned again. Its queue stays split off.
+        consumer.unassign(topic: f.tp.topic, partition: f.tp.partition)
+        _ = consumer.assign(topic: f.tp.topic, partition: f.tp.partition, offset: Int64(RD_KAFKA_OFFSET_BEGINNING))
         f.position = 0
     }
 

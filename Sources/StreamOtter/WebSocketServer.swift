@@ -20,6 +20,11 @@ struct WebSocketSettings {
     var allowedOrigins: [String] = []
     var maxConnections = 100_000
     var maxConnectionsPerAddress = 1_000
+    /// A connection whose credential expires gets an `error` frame `token_expiring` this
+    /// long before (time to send `{"op":"auth"}`), and is closed with 4001 this long
+    /// before the expiry itself, so nothing is delivered on an expired credential.
+    var expiryWarningMs: Int64 = 30_000
+    var expiryCloseLeadMs: Int64 = 1_000
 }
 
 /// Who a connection belongs to, as decided at the upgrade.
@@ -66,6 +71,12 @@ protocol WebSocketServerDelegate: AnyObject {
     /// Called once for every opened connection, after which no other call names it.
     func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String)
     func connectionDrained(_ c: WebSocketConnection)
+    /// The connection's credential expires soon (warning time reached).
+    func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64)
+}
+
+extension WebSocketServerDelegate {
+    func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64) {}
 }
 
 /// One server-side WebSocket: HTTP upgrade, then RFC 6455 frames. Loop thread only.
@@ -96,8 +107,14 @@ final class WebSocketConnection: TCPStreamDelegate {
     private var closeReason = ""
     /// Gateway state for this connection.
     var session: AnyObject?
-    /// Decided at the upgrade.
-    var identity = Identity()
+    /// Decided at the upgrade (replaced by a credential refresh).
+    var identity = Identity() { didSet { expiryWarned = false } }
+    private var expiryWarned = false
+    /// True when the credential is expired or about to be (nothing may flow).
+    var credentialExpired: Bool {
+        guard let exp = identity.expiresAtMs else { return false }
+        return server.wallNowMs >= exp - server.settings.expiryCloseLeadMs
+    }
     /// The client certificate's subject (mTLS), once the TLS handshake is done.
     var tlsPeerSubject: String? { stream.tls?.peerSubject }
     /// The client's address without the port.
@@ -452,6 +469,7 @@ final class ServerMetrics {
     var deliveries: UInt64 = 0
     var slowConsumerCloses: UInt64 = 0
     var authFailures: UInt64 = 0
+    var expiredCloses: UInt64 = 0
     var admissionRefusals: UInt64 = 0
 }
 
@@ -573,8 +591,12 @@ final class WebSocketServer {
         streams.removeValue(forKey: ObjectIdentifier(c.stream))
     }
 
+    /// Wall clock (ms since the epoch) as of the last sweep tick.
+    private(set) var wallNowMs: Int64 = loopStartTime()
+
     private func sweep() {
         let now = loopNowMs(loop)
+        wallNowMs = loopStartTime()
         for c in connections.values where c.needsSweep { c.sweep(now: now) }
         for (k, (s, deadline)) in streams where now >= deadline {
             streams.removeValue(forKey: k)

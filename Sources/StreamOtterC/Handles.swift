@@ -145,6 +145,7 @@ final class EngineHandle {
     var destroyed = false
     var destroyRequested = false
     var serverCallbacks: sot_server_callbacks?
+    let authAnswers = AuthAnswers()
     var serverOpaque: UnsafeMutableRawPointer?
     var clients: [ObjectIdentifier: ClientHandle] = [:]
     var consumers: [ObjectIdentifier: ConsumerHandle] = [:]

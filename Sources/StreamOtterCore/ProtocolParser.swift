@@ -10,8 +10,8 @@
 /// Rules:
 /// - Not a JSON object (or not JSON at all), a field of the wrong type, a missing required
 ///   field, or a duplicated top-level field -> `bad_request`.
-/// - `op` missing, not a string, or not subscribe/unsubscribe/publish -> `unknown_op`
-///   (`auth` is reserved and also `unknown_op` for now).
+/// - `op` missing, not a string, or not subscribe/unsubscribe/publish/auth -> `unknown_op`
+/// - `auth` without a string `token` -> `bad_request`
 /// - `channel` not matching `[A-Za-z0-9._-]{1,249}` -> `invalid_channel`.
 /// - `from` malformed; partition keys not canonical decimal integers in 0...Int32.max;
 ///   offsets or timestamp not non-negative integers fitting Int64 (no fraction or
@@ -107,8 +107,14 @@ public enum ProtocolParser {
         case nil: throw fail("unknown_op", "missing op")
         default: throw fail("unknown_op", "op must be a string")
         }
-        guard op == "subscribe" || op == "unsubscribe" || op == "publish" else {
+        guard op == "subscribe" || op == "unsubscribe" || op == "publish" || op == "auth" else {
             throw fail("unknown_op", "unknown op")
+        }
+        if op == "auth" {
+            guard case .string(let token)? = fields.first(where: { $0.0 == "token" })?.1, !token.isEmpty else {
+                throw fail("bad_request", "auth needs a string token")
+            }
+            return .auth(id: id, token: token)
         }
 
         // channel

@@ -86,7 +86,9 @@ final class ProtocolParserTests: XCTestCase {
 
     func testUnknownOp() {
         assertError(#"{"channel":"x","id":"i1"}"#, "unknown_op", id: "i1")
-        assertError(#"{"op":"auth","id":"i2","token":"t"}"#, "unknown_op", id: "i2")
+        assertError(#"{"op":"auth","id":"i2"}"#, "bad_request", id: "i2")
+        assertError(#"{"op":"auth","id":"i3","token":7}"#, "bad_request", id: "i3")
+        XCTAssertEqual(try ProtocolParser.parse(Array(#"{"op":"auth","id":"a1","token":"tok"}"#.utf8)), .auth(id: "a1", token: "tok"))
         assertError(#"{"op":"Subscribe","channel":"x"}"#, "unknown_op")
         assertError(#"{"op":1,"channel":"x","id":"i3"}"#, "unknown_op", id: "i3")
         assertError(#"{"op":null,"channel":"x"}"#, "unknown_op")
