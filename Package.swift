@@ -20,9 +20,11 @@ let package = Package(
         .target(name: "CShim", dependencies: ["CRdKafka", "CUV"]),
         // Protocol codecs and state machines: no C imports, tested by feeding bytes.
         .target(name: "StreamOtterCore"),
+        // Security components (JWT, introspection, permissions, audit, message cipher, limits).
+        .target(name: "StreamOtterSecurity", dependencies: ["StreamOtterCore", "COpenSSL"]),
         // The engine: loop, net, websocket connections, kafka, gateway.
         .target(name: "StreamOtter",
-                dependencies: ["StreamOtterCore", "CUV", "CRdKafka", "COpenSSL", "CZlib", "CShim"]),
+                dependencies: ["StreamOtterCore", "StreamOtterSecurity", "CUV", "CRdKafka", "COpenSSL", "CZlib", "CShim"]),
         // The C ABI: @_cdecl thunks only.
         // The public header as a module, so the ABI layer uses the C types it declares.
         .target(name: "CStreamOtterHeader"),
@@ -38,6 +40,7 @@ let package = Package(
         // examples/swift: the same small client program as examples/c, python and node.
         .executableTarget(name: "StreamOtterExample", dependencies: ["StreamOtter"], path: "examples/swift"),
         .testTarget(name: "StreamOtterCoreTests", dependencies: ["StreamOtterCore"]),
+        .testTarget(name: "StreamOtterSecurityTests", dependencies: ["StreamOtterSecurity"]),
         .testTarget(name: "StreamOtterTests", dependencies: ["StreamOtter"]),
     ],
     swiftLanguageModes: [.v5]

@@ -38,6 +38,8 @@ public struct EngineConfig {
     var ws = WebSocketSettings()
     /// Most channels one connection may subscribe to.
     public var maxSubscriptions = 100
+    /// Authentication, authorization, audit, encryption and rate limits.
+    public var security = SecuritySettings()
     var tlsSettings = TLSServerSettings(certFile: "", keyFile: "")
 
     /// The WebSocket settings with TLS resolved (TLS is on when a certificate is set).
@@ -79,6 +81,10 @@ public struct EngineConfig {
                 throw ConfigError("\(key): expected an integer in \(min)...\(max), got '\(value)'")
             }
             return v
+        }
+        if SecuritySettings.isSecurityKey(key) {
+            try security.set(key, value)
+            return
         }
         if key.hasPrefix("kafka.producer.") {
             kafkaProducer.append((String(key.dropFirst(15)), value)); return

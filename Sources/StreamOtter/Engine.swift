@@ -143,7 +143,7 @@ public final class Engine {
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
             g.kafkaDescription = embedded != nil ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
-            if let h = authHandler { g.authenticator = CustomAuthenticator(loop: loop, handler: h) }
+            try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) })
             gateway = g
             s.delegate = g
             try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)

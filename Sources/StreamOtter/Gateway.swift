@@ -1,6 +1,7 @@
 import CRdKafka
 import Glibc
 import StreamOtterCore
+import StreamOtterSecurity
 
 /// A topic-partition key.
 struct TopicPartition: Hashable {
@@ -93,6 +94,53 @@ final class Gateway: WebSocketServerDelegate {
     weak var hooks: GatewayHooks?
     /// Authentication at the upgrade; nil = anonymous (with the mTLS subject if any).
     var authenticator: UpgradeAuthenticator?
+    /// Channel permissions by role; nil = everything allowed.
+    var permissions: ChannelPermissions?
+    var audit = try! GatewayAudit(path: nil)
+    private var keyReloadTimer: LoopTimer?
+
+    /// Sets up authentication, permissions and audit from the configuration.
+    func configureSecurity(customAuth: UpgradeAuthenticator?) throws {
+        let sec = config.security
+        audit = try GatewayAudit(path: sec.auditFile)
+        if let f = sec.permissionsFile {
+            do {
+                var p = try ChannelPermissions(contentsOfFile: f)
+                if let claim = sec.rolesClaim { p.claimPath = claim.split(separator: ".").map(String.init) }
+                permissions = p
+            } catch { throw ConfigError("auth.permissions_file: \(error)") }
+        }
+        if let customAuth {
+            authenticator = customAuth
+        } else if sec.mode == "jwt" {
+            let a = try JWTAuthenticator(settings: sec, permissions: permissions ?? ChannelPermissions(claimPath: sec.rolesClaim ?? "roles"))
+            a.audit = audit
+            authenticator = a
+            if sec.keyReloadIntervalMs > 0 {
+                let t = LoopTimer(loop: loop)
+                t.start(afterMs: sec.keyReloadIntervalMs, repeatMs: sec.keyReloadIntervalMs, unref: true) { [weak self, weak a] in
+                    guard let self, let a else { return }
+                    self.loop.runBlocking({ a.reloadKeys() }, then: { _ in })
+                }
+                keyReloadTimer = t
+            }
+        } else if sec.mode == "introspection" {
+            let a = try IntrospectionAuthenticator(loop: loop, settings: sec,
+                                                   permissions: permissions ?? ChannelPermissions(claimPath: sec.rolesClaim ?? "roles"))
+            a.audit = audit
+            authenticator = a
+        }
+    }
+
+    /// True when the connection's identity may do `perm` on `channel` (always without
+    /// configured permissions). A denial is audited.
+    private func permitted(_ c: WebSocketConnection, _ perm: ChannelPermission, _ channel: String, op: String) -> Bool {
+        guard let permissions else { return true }
+        let who = SecurityIdentity(subject: c.identity.subject ?? "", roles: c.identity.roles)
+        if permissions.allows(perm, channel: channel, identity: who) { return true }
+        audit.denied(c, op: op, channel: channel, permission: perm.rawValue)
+        return false
+    }
     var kafkaDescription = ""
     let startedAt = loopStartTime()
 
@@ -176,11 +224,13 @@ final class Gateway: WebSocketServerDelegate {
 
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {
         c.session = Session()
+        audit.opened(c)
         hooks?.connectionOpened(c.id, path: request.target, headers: request.headers.map { ($0.name, $0.value) })
     }
 
     func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String) {
         hooks?.connectionClosed(c.id, code: code, reason: reason)
+        audit.closed(c, code: code, reason: reason)
         guard let s = c.session as? Session else { return }
         s.closed = true
         for sub in s.subscriptions.values { detach(sub) }
@@ -275,6 +325,10 @@ final class Gateway: WebSocketServerDelegate {
             reply(c, ServerFrames.error(id: id, code: "unauthorized", message: "the credential has expired"))
             return
         }
+        if !permitted(c, .publish, channel, op: "publish") {
+            reply(c, ServerFrames.error(id: id, code: "forbidden", message: "publish to '\(channel)' is not allowed for this identity"))
+            return
+        }
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
             return
@@ -317,6 +371,14 @@ final class Gateway: WebSocketServerDelegate {
     private func subscribe(_ c: WebSocketConnection, _ session: Session, id: String?, channel: String, from: StartPosition) {
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down"))
+            return
+        }
+        if !permitted(c, .subscribe, channel, op: "subscribe") {
+            reply(c, ServerFrames.error(id: id, code: "forbidden", message: "subscribe to '\(channel)' is not allowed for this identity"))
+            return
+        }
+        if from != .latest, !permitted(c, .replay, channel, op: "subscribe") {
+            reply(c, ServerFrames.error(id: id, code: "forbidden", message: "replay of '\(channel)' (from other than latest) is not allowed for this identity"))
             return
         }
         if session.subscriptions.count + session.pending.count >= config.maxSubscriptions {
