@@ -25,6 +25,8 @@ final class ChannelSubscription {
 
 /// Gateway state of one connection.
 final class Session {
+    /// Messages and bytes per second from this client (nil: unlimited).
+    var rate: RateLimiter?
     var subscriptions: [String: ChannelSubscription] = [:]
     /// Channels with a subscribe being resolved (metadata, offsets) on a worker thread.
     var pending: Set<String> = []
@@ -97,12 +99,31 @@ final class Gateway: WebSocketServerDelegate {
     /// Channel permissions by role; nil = everything allowed.
     var permissions: ChannelPermissions?
     var audit = try! GatewayAudit(path: nil)
+    /// Per-channel encryption of record values (nil: off).
+    var encryption: ChannelEncryption?
     private var keyReloadTimer: LoopTimer?
+    private var encryptionReloadTimer: LoopTimer?
 
     /// Sets up authentication, permissions and audit from the configuration.
     func configureSecurity(customAuth: UpgradeAuthenticator?) throws {
         let sec = config.security
         audit = try GatewayAudit(path: sec.auditFile)
+        if let f = sec.encryptionKeyFile {
+            do {
+                let ring = try MessageKeyRing(contentsOfFile: f)
+                encryption = ChannelEncryption(cipher: MessageCipher(keyRing: ring), keyRing: ring, patterns: sec.encryptedChannels)
+            } catch { throw ConfigError("encryption.key_file: \(error)") }
+            if sec.encryptionReloadIntervalMs > 0 {
+                let t = LoopTimer(loop: loop)
+                t.start(afterMs: sec.encryptionReloadIntervalMs, repeatMs: sec.encryptionReloadIntervalMs, unref: true) { [weak self] in
+                    guard let self, let ring = self.encryption?.keyRing else { return }
+                    self.loop.runBlocking({ () -> String? in
+                        do { try ring.reload(); return nil } catch { return "\(error)" }
+                    }, then: { err in if let err { Log.event("error", "encryption_keys_reload_failed", ["error": err]) } })
+                }
+                encryptionReloadTimer = t
+            }
+        }
         if let f = sec.permissionsFile {
             do {
                 var p = try ChannelPermissions(contentsOfFile: f)
@@ -223,7 +244,13 @@ final class Gateway: WebSocketServerDelegate {
     }
 
     func connectionOpened(_ c: WebSocketConnection, request: HTTPRequest) {
-        c.session = Session()
+        let session = Session()
+        let sec = config.security
+        if sec.messagesPerSecond > 0 || sec.bytesPerSecond > 0 {
+            session.rate = RateLimiter(messagesPerSecond: sec.messagesPerSecond, bytesPerSecond: sec.bytesPerSecond,
+                                       now: SecurityClock.monotonicNanos())
+        }
+        c.session = session
         audit.opened(c)
         hooks?.connectionOpened(c.id, path: request.target, headers: request.headers.map { ($0.name, $0.value) })
     }
@@ -257,6 +284,14 @@ final class Gateway: WebSocketServerDelegate {
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
         hooks?.connectionMessage(c.id, text: true, message)
         guard config.handleProtocol else { return }
+        if let session = c.session as? Session, session.rate != nil,
+           case .limited(let wait) = session.rate!.consume(bytes: message.count, now: SecurityClock.monotonicNanos()) {
+            server.metrics.rateLimited += 1
+            let id = (try? message.withUnsafeBytes { try ProtocolParser.parse($0) })?.id
+            reply(c, ServerFrames.error(id: id, code: "rate_limited",
+                message: "over limits.messages_per_second / limits.bytes_per_second; the request was dropped, retry in \(wait / 1_000_000 + 1) ms"))
+            return
+        }
         let request: ClientRequest
         do {
             request = try message.withUnsafeBytes { try ProtocolParser.parse($0) }
@@ -332,6 +367,19 @@ final class Gateway: WebSocketServerDelegate {
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
             return
+        }
+        var value = value
+        var headers = headers
+        if let encryption, encryption.applies(to: channel) {
+            do {
+                let sealed = try encryption.cipher.seal(value, channel: channel)
+                value = sealed.bytes
+                headers.removeAll { $0.0 == MessageCipher.keyIDHeader }
+                headers.append((MessageCipher.keyIDHeader, Array(sealed.keyID.utf8)))
+            } catch {
+                reply(c, ServerFrames.error(id: id, code: "encryption_failed", message: "\(error)"))
+                return
+            }
         }
         // Dedupe, the id header, and holding on a full queue: GatewayFlow.swift.
         acceptPublish(c, id: id, channel: channel, key: key, headers: headers, value: value)
@@ -534,6 +582,29 @@ final class Gateway: WebSocketServerDelegate {
         let key = msg.key.map { UnsafeRawBufferPointer(start: $0, count: msg.key_len) }
         let value = msg.payload.map { UnsafeRawBufferPointer(start: $0, count: msg.len) }
         scratch.removeAll(keepingCapacity: true)
+        if let encryption, encryption.applies(to: topic) {
+            // Kafka holds ciphertext: subscribers get the plaintext, or an error, never
+            // tampered or unreadable bytes.
+            let keyID = headers.first { $0.0 == MessageCipher.keyIDHeader }?.1.map { String(decoding: $0, as: UTF8.self) }
+            do {
+                guard let keyID, let value else { throw MessageCipherError.malformed }
+                let plain = try encryption.cipher.open(Array(value), keyID: keyID, channel: topic)
+                let shown = headers.filter { $0.0 != MessageCipher.keyIDHeader }
+                plain.withUnsafeBytes { pb in
+                    ServerFrames.message(channel: topic, partition: msg.partition, offset: msg.offset, timestamp: ts,
+                                         key: key, headers: shown, value: pb, into: &scratch)
+                }
+            } catch {
+                server.metrics.decryptFailures += 1
+                var f = Array("{\"op\":\"error\",\"code\":\"decrypt_failed\",\"channel\":".utf8)
+                JSON.appendString(topic, to: &f)
+                f += Array(",\"partition\":\(msg.partition),\"offset\":\(msg.offset),\"message\":".utf8)
+                JSON.appendString("the record could not be decrypted (\(error)); it is not delivered", to: &f)
+                f.append(UInt8(ascii: "}"))
+                scratch = f
+            }
+            return scratch.withUnsafeBytes { WebSocketConnection.encodeFrame(.text, $0) }
+        }
         ServerFrames.message(channel: topic, partition: msg.partition, offset: msg.offset, timestamp: ts,
                              key: key, headers: headers, value: value, into: &scratch)
         return scratch.withUnsafeBytes { WebSocketConnection.encodeFrame(.text, $0) }

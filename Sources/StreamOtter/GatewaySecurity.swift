@@ -29,6 +29,10 @@ public struct SecuritySettings {
     public var introspectionSecretFile: String?
     public var introspectionTimeoutMs = 5_000
     public var auditFile: String?
+    public var encryptionKeyFile: String?
+    /// Channel patterns whose values are encrypted: exact names, `prefix.*` or `*`.
+    public var encryptedChannels: [String] = ["*"]
+    public var encryptionReloadIntervalMs: UInt64 = 60_000
     public var messagesPerSecond: Double = 0
     public var bytesPerSecond: Double = 0
 
@@ -82,6 +86,9 @@ public struct SecuritySettings {
         case "auth.introspection.client_secret_file": introspectionSecretFile = value
         case "auth.introspection.timeout_ms": introspectionTimeoutMs = Int(try number(1))
         case "audit.file": auditFile = value
+        case "encryption.key_file": encryptionKeyFile = value
+        case "encryption.channels": encryptedChannels = list()
+        case "encryption.reload_interval_ms": encryptionReloadIntervalMs = UInt64(try number(0))
         case "limits.messages_per_second": messagesPerSecond = try number(0)
         case "limits.bytes_per_second": bytesPerSecond = try number(0)
         default:
@@ -329,4 +336,14 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
 
 extension String {
     func withoutLineBreaks() -> String { String(self.filter { $0 != "\n" && $0 != "\r" }) }
+}
+
+/// Which channels are encrypted, and with what.
+struct ChannelEncryption {
+    let cipher: MessageCipher
+    let keyRing: MessageKeyRing
+    let patterns: [String]
+    func applies(to channel: String) -> Bool {
+        patterns.contains { ChannelPermissions.matches(pattern: $0, channel: channel, subject: "") }
+    }
 }

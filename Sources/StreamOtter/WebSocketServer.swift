@@ -470,6 +470,8 @@ final class ServerMetrics {
     var slowConsumerCloses: UInt64 = 0
     var authFailures: UInt64 = 0
     var expiredCloses: UInt64 = 0
+    var rateLimited: UInt64 = 0
+    var decryptFailures: UInt64 = 0
     var admissionRefusals: UInt64 = 0
 }
 
