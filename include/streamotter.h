@@ -276,6 +276,15 @@ SOT_API int sot_auth_allow(sot_engine *engine, uint64_t request, const char *sub
  *  `reason` for the response body (may be NULL). Any thread. SOT_ERR_NOT_FOUND as above. */
 SOT_API int sot_auth_deny(sot_engine *engine, uint64_t request, int status, const char *reason);
 
+/** Receives every audit event as one JSON object (NUL-terminated, no newline): auth_ok,
+ *  auth_denied, access_denied, connection_open, connection_close, with connection id,
+ *  peer address, subject, method and reason. Never contains a token or a secret. */
+typedef void (*sot_audit_cb)(void *opaque, const char *json);
+
+/** Sets the audit callback (in addition to "audit.file"). Before sot_engine_start
+ *  (SOT_ERR_STATE afterwards). */
+SOT_API int sot_engine_set_audit_callback(sot_engine *engine, sot_audit_cb cb, void *opaque);
+
 /* ---------------------------------------------------------------------------------- */
 /* WebSocket client (streamotter.v1, with reconnection)                                 */
 

@@ -33,7 +33,18 @@ final class CustomAuthenticator: UpgradeAuthenticator {
         self.handler = handler
     }
 
+    weak var audit: GatewayAudit?
+
     func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void) {
+        let done: (UpgradeDecision) -> Void = { [weak self, weak c] d in
+            if let c, let audit = self?.audit {
+                switch d {
+                case .allow(let id): audit.auth(c, ok: true, method: "custom", reason: "ok", subject: id.subject)
+                case .deny(let status, _): audit.auth(c, ok: false, method: "custom", reason: "denied \(status)", subject: nil)
+                }
+            }
+            done(d)
+        }
         let req = AuthRequest(id: next, path: request.target, headers: request.headers.map { ($0.name, $0.value) },
                               peerAddress: c.peerAddress, tlsSubject: c.tlsPeerSubject)
         next += 1

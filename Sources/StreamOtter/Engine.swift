@@ -50,6 +50,8 @@ public final class Engine {
     /// Authentication of upgrades by the host (set before start). Runs on the loop
     /// thread; answer through the closure, from any thread, before the handshake timeout.
     public var authHandler: ((AuthRequest, @escaping (AuthAnswer) -> Void) -> Void)?
+    /// Receives every audit event as a JSON line (set before start; loop thread).
+    public var auditHandler: ((String) -> Void)?
     private var cond = pthread_cond_t()
 
     /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
@@ -144,6 +146,7 @@ public final class Engine {
             g.kafkaDescription = embedded != nil ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
             try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) })
+            g.audit.sink = auditHandler
             gateway = g
             s.delegate = g
             try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)

@@ -132,6 +132,7 @@ final class Gateway: WebSocketServerDelegate {
             } catch { throw ConfigError("auth.permissions_file: \(error)") }
         }
         if let customAuth {
+            (customAuth as? CustomAuthenticator)?.audit = audit
             authenticator = customAuth
         } else if sec.mode == "jwt" {
             let a = try JWTAuthenticator(settings: sec, permissions: permissions ?? ChannelPermissions(claimPath: sec.rolesClaim ?? "roles"))

@@ -259,6 +259,18 @@ final class WebSocketConnection: TCPStreamDelegate {
                 server.lingering(stream, deadline: now + s.closeTimeoutMs)
             }
         case .open:
+            if let exp = identity.expiresAtMs {
+                let wall = server.wallNowMs
+                if wall >= exp - s.expiryCloseLeadMs {
+                    server.metrics.expiredCloses += 1
+                    close(code: 4001, reason: "credential expired")
+                    return
+                }
+                if !expiryWarned && wall >= exp - s.expiryWarningMs {
+                    expiryWarned = true
+                    server.delegate?.credentialExpiring(self, expiresAtMs: exp)
+                }
+            }
             if inboundHeld {
                 // We stopped reading on purpose (inbound backpressure): the peer's silence
                 // is ours, not a sign of death. The clock restarts when reading resumes.

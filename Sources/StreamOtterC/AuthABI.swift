@@ -70,3 +70,13 @@ extension String {
         return String(s)
     }
 }
+
+@_cdecl("sot_engine_set_audit_callback")
+public func sot_engine_set_audit_callback(_ e: OpaquePointer?, _ cb: sot_audit_cb?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
+    guard let h = engineHandle(e) else { return fail(-10, "not a live engine handle") }
+    guard let cb else { return fail(-1, "callback must not be NULL") }
+    guard !h.started else { return fail(-3, "set the audit callback before sot_engine_start") }
+    let d = h.dispatcher
+    h.engine.auditHandler = { line in d.deliver { line.withCString { cb(opaque, $0) } } }
+    return 0
+}

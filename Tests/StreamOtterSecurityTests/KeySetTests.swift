@@ -132,3 +132,30 @@ final class KeySetTests: XCTestCase {
         XCTAssertNil(Base64URL.decode("ab c"))
     }
 }
+
+final class KeySetConcurrencyTests: XCTestCase {
+    func testVerifyWhileReloading() throws {
+        let path = tempPath("conc.jwks")
+        defer { unlink(path) }
+        let a = String(decoding: TestKeys.p256.publicKey.jwk(kid: "a", alg: .es256).serialized(), as: UTF8.self)
+        let both = String(decoding: JSONValue.object([("keys", .array([TestKeys.p256.publicKey.jwk(kid: "a", alg: .es256),
+                                                                        TestKeys.ed.publicKey.jwk(kid: "b", alg: .edDSA)]))]).serialized(), as: UTF8.self)
+        writeFile(path, a)
+        let set = try KeySet(sources: [.jwksFile(path: path, algorithms: nil)])
+        let v = JWTVerifier(keySet: set, clock: { 1_000 })
+        let token = try JWTSigner.sign(claims: .object([("exp", .number("2000"))]), algorithm: .es256, key: .privateKey(TestKeys.p256), kid: "a")
+        let failures = LineBox()
+        DispatchQueue.concurrentPerform(iterations: 400) { i in
+            if i % 20 == 0 {
+                // Replace the file atomically (write, then rename), as an operator's tool would.
+                writeFile(path + ".\(i)", i % 40 == 0 ? both : a)
+                rename(path + ".\(i)", path)
+                _ = try? set.reload()
+            }
+            do { _ = try v.verify(token) } catch { failures.append("\(error)") }
+        }
+        for i in stride(from: 0, to: 400, by: 20) { unlink(path + ".\(i)") }
+        XCTAssertEqual(failures.lines, [])
+        XCTAssertGreaterThan(set.generation, 1)
+    }
+}

@@ -67,6 +67,17 @@ def streamotter_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def gateway_exec(streamotter_bin, tmp_path_factory) -> str:
+    """The binary under a private name (a symlink: same bytes, RUNPATH still resolved
+    from the real file). Other work on a shared machine that stops stray gateways by name
+    (`pkill streamotter`) then leaves this suite's processes alone: such SIGTERMs
+    arriving mid-test were seen while developing the suite."""
+    link = tmp_path_factory.mktemp("bin") / "sot-e2e-gw"
+    link.symlink_to(os.path.realpath(streamotter_bin))
+    return str(link)
+
+
+@pytest.fixture(scope="session")
 def kcat_bin() -> str:
     return _require("kcat", shutil.which("kcat") or shutil.which("kafkacat"))
 
@@ -283,8 +294,8 @@ class GatewayFactory:
 
 
 @pytest.fixture
-def gateway_factory(streamotter_bin):
-    f = GatewayFactory(streamotter_bin)
+def gateway_factory(gateway_exec):
+    f = GatewayFactory(gateway_exec)
     try:
         yield f
     finally:

@@ -1,6 +1,8 @@
 """Idle peers and slow subscribers: bounded by configuration, without hurting others."""
 
 import asyncio
+import collections
+import json
 import time
 
 import pytest
@@ -44,7 +46,7 @@ def test_silent_peer_is_pinged_then_closed_1001_but_ponging_peer_stays(gateway):
 
 
 @pytest.mark.gateway(topics={"big": 3, "t1": 1}, args=["--set", "ws.max_buffered_bytes=65536"])
-def test_subscriber_that_does_not_read_is_closed_1008_others_unaffected(gateway):
+def test_subscriber_that_does_not_read_is_closed_1008_others_unaffected(gateway, gateway_factory):
     topic, other = gateway.topic("big"), gateway.topic("t1")
     # 12 MB: far more than the kernel buffers (tcp_wmem max 4 MiB) plus the 64 KiB bound, and
     # spread over 3 partitions so that no partition passes the embedded Kafka's 5 MiB
@@ -72,17 +74,48 @@ def test_subscriber_that_does_not_read_is_closed_1008_others_unaffected(gateway)
     acks, msgs = run(go(), 90)
     assert all(a["op"] == "ack" for a in acks)
     assert [m["data"] for m in msgs] == list(range(len(acks)))
-    # the stalled reader now drains what reached it, then finds the 1008 Close
-    got, code_reason = 0, None
+    # the stalled reader now drains what reached it, then finds the slow_consumer error
+    # (with the positions to resume from) and the 1008 Close
+    got = collections.defaultdict(list)
+    errors, code_reason = [], None
     while True:
         fr = stalled.recv_frame(15)
-        assert fr is not None, f"TCP closed without a Close frame after {got} messages"
+        assert fr is not None, f"TCP closed without a Close frame after {sum(map(len, got.values()))} messages"
         if fr[1] == 0x8:
             code_reason = (int.from_bytes(fr[2][:2], "big"), fr[2][2:])
             break
-        got += 1
+        m = json.loads(fr[2])
+        if m["op"] == "message":
+            got[m["partition"]].append(m["offset"])
+        else:
+            errors.append(m)
     assert code_reason[0] == 1008, code_reason
-    assert got < n, "the stalled subscriber should have been cut off before getting everything"
+    received = sum(map(len, got.values()))
+    assert received < n, "the stalled subscriber should have been cut off before getting everything"
+    for p, offs in got.items():
+        assert offs == list(range(len(offs))), f"partition {p}: not contiguous from 0"
+    slow = [e for e in errors if e.get("code") == "slow_consumer"]
+    assert slow, f"no slow_consumer error before the 1008 close: {errors}"
+    positions = slow[0]["positions"][topic]
+    # the positions name exactly what was not delivered: resuming from them gives the rest
+    assert {int(p): o for p, o in positions.items()} == {p: len(got.get(p, [])) for p in range(3)}, \
+        (positions, {p: len(v) for p, v in got.items()})
+
+    # resume on another gateway in front of the same Kafka (default limits): any node will do
+    other_gw = gateway_factory.start(topics={}, args=["--brokers", gateway.bootstrap])
+
+    async def resume():
+        c = await Client.connect(other_gw.url, name="resumed")
+        await c.subscribe(topic, {"offsets": positions})
+        await c.wait_messages(n - received, 60)
+        await asyncio.sleep(0.5)
+        await c.close()
+        return c.messages
+
+    recs = kcat_consume(gateway.bootstrap, topic, expect=n)
+    rest = [r for r in recs if r.offset >= positions[str(r.partition)]]
+    assert len(rest) == n - received
+    assert_exact_stream(run(resume(), 90), rest, topic, "resumed")
     stalled.close()
     status, _, body, _ = http_exchange(gateway.host, gateway.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 200

@@ -103,15 +103,25 @@ def test_serve_with_external_brokers_and_sigterm_acks_inflight_publishes(gateway
 
     async def go():
         c = await Client.connect(gw.url)
-        replies = {}
-        for i in range(n):
-            replies[f"p{i}"] = c.expect_reply(f"p{i}")
-        for i in range(n):
-            await c.send({"op": "publish", "id": f"p{i}", "channel": topic, "key": f"k{i % 7}",
-                          "data": {"i": i}})
-        await asyncio.wait_for(replies["p0"], 15)  # the gateway is at work: now stop it
-        gw.proc.signal(signal.SIGTERM)
+        replies = {f"p{i}": c.expect_reply(f"p{i}") for i in range(n)}
+
+        async def sender():
+            for i in range(n):
+                try:
+                    await c.send({"op": "publish", "id": f"p{i}", "channel": topic,
+                                  "key": f"k{i % 7}", "data": {"i": i}})
+                except Exception:
+                    return i  # closed by the shutdown
+                if i == 300:
+                    await asyncio.wait_for(replies["p0"], 15)  # the gateway is at work:
+                    gw.proc.signal(signal.SIGTERM)             # stop it mid-stream
+                if i % 20 == 0:
+                    await asyncio.sleep(0.001)
+            return n
+
+        task = asyncio.ensure_future(sender())
         await c.wait_for(lambda: c.closed, 30, "close after SIGTERM")
+        await task
         done = {k: f.result() for k, f in replies.items() if f.done() and not f.exception()}
         return done, c
 
@@ -121,6 +131,7 @@ def test_serve_with_external_brokers_and_sigterm_acks_inflight_publishes(gateway
     gw.stopped_rc = rc
     assert rc == 0, f"exit code {rc}\n{gw.diagnostics()}"
     acks = {k: r for k, r in done.items() if r["op"] == "ack"}
+    print(f"[e2e] shutdown: {len(acks)} acked, {len(done) - len(acks)} refused, {n - len(done)} unanswered")
     others = {r.get("code") for r in done.values() if r["op"] != "ack"}
     assert others <= {"shutting_down"}, others
     assert acks, "no publish was acked before shutdown"

@@ -54,7 +54,8 @@ def test_publish_ack_then_kafka_has_record(gateway):
     assert r.value == '{"b":[1,2,{"c":"d"}],"a":"x y","u":"\u00e9\u6f22","n":null}'.encode(), r.value
     assert r.timestamp > 0
     hdrs = kcat_headers(gateway.bootstrap, topic)
-    assert hdrs[(r.partition, r.offset)] == "h=v,trace=abc", hdrs
+    # the publish id travels as the streamotter-id header, after the client's headers
+    assert hdrs[(r.partition, r.offset)] == "h=v,trace=abc,streamotter-id=p1", hdrs
 
 
 def test_publish_data_forms_and_no_key(gateway):
@@ -199,3 +200,70 @@ def test_keyed_publish_lands_on_java_murmur2_partition(gateway):
     finally:
         cons.close()
     assert found == want
+
+
+def test_large_message_roundtrip_and_over_limit_close(gateway):
+    """A ~900 KB publish (under the 1 MiB default limits) is acked and delivered whole
+    (server frames with 64-bit lengths); a 1.1 MB one closes the connection with 1009."""
+    topic = gateway.topic("t1")
+    big = {"blob": "".join(chr(0x61 + i % 26) for i in range(900_000)), "u": "\u00e9" * 1000}
+
+    async def go():
+        sub = await Client.connect(gateway.url, name="sub")
+        await sub.subscribe(topic)
+        pub = await Client.connect(gateway.url, name="pub")
+        ack = await pub.call({"op": "publish", "channel": topic, "key": "big", "data": big}, 30)
+        await sub.wait_messages(1, 30)
+        await pub.send({"op": "publish", "channel": topic, "data": "x" * 1_100_000})
+        await pub.wait_for(lambda: pub.closed, 15, "close 1009")
+        await sub.close()
+        return ack, sub.messages[0], pub
+
+    ack, msg, pub = run(go(), 60)
+    assert ack["op"] == "ack", ack
+    assert msg["data"] == big and msg["key"] == "big"
+    assert pub.close_rcvd is not None and pub.close_rcvd.code == 1009, pub.close_rcvd
+    recs = kcat_consume(gateway.bootstrap, topic, expect=1)
+    assert len(recs) == 1 and json.loads(recs[0].value) == big
+
+
+def test_one_connection_many_channels(gateway):
+    a, b = gateway.topic("t1"), gateway.topic("t3")
+
+    async def go():
+        c = await Client.connect(gateway.url)
+        await c.subscribe(a)
+        await c.subscribe(b)
+        for i in range(30):
+            await c.call({"op": "publish", "channel": a if i % 2 else b, "key": f"k{i}", "data": i})
+        await c.wait_messages(30, 20)
+        await c.close()
+        return c.messages
+
+    msgs = run(go(), 40)
+    assert sorted(m["data"] for m in msgs if m["channel"] == a) == list(range(1, 30, 2))
+    assert sorted(m["data"] for m in msgs if m["channel"] == b) == list(range(0, 30, 2))
+
+
+def test_publish_retry_with_same_id_is_written_once(gateway):
+    topic = gateway.topic("t3")
+    req = {"op": "publish", "id": "order-42", "channel": topic, "key": "c1",
+           "headers": {"h": "v", "streamotter-id": "forged"}, "data": {"n": 1}}
+
+    async def go():
+        c = await Client.connect(gateway.url)
+        first = await c.call(req)
+        await c.close()
+        c2 = await Client.connect(gateway.url)  # the retry comes after a reconnect
+        again = await c2.call(req)
+        changed = await c2.call(dict(req, data={"n": 2}))  # same id, other content: new record
+        await c2.close()
+        return first, again, changed
+
+    first, again, changed = run(go(), 30)
+    assert first["op"] == "ack" and again == first, (first, again)
+    assert changed["op"] == "ack" and changed["offset"] != first["offset"], changed
+    recs = kcat_consume(gateway.bootstrap, topic, expect=2)
+    assert sorted(json.loads(r.value)["n"] for r in recs) == [1, 2], recs
+    hdrs = kcat_headers(gateway.bootstrap, topic)
+    assert hdrs[(first["partition"], first["offset"])] == "h=v,streamotter-id=order-42", hdrs

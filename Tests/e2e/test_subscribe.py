@@ -236,7 +236,7 @@ def test_subscribe_from_past_timestamp(gateway):
         c = await Client.connect(gateway.url)
         await c.subscribe(topic, {"timestamp": t})
         try:
-            await c.wait_messages(30, 5 if peer < 0 else 30)
+            await c.wait_messages(30, 2 if peer < 0 else 30)
         except AssertionError:
             pass
         await asyncio.sleep(QUIET)
@@ -344,7 +344,7 @@ def test_position_deleted_under_a_subscriber_is_reported_then_delivery_continues
         await c.subscribe(topic, "latest")
         await asyncio.to_thread(kcat_produce, gateway.bootstrap, topic,
                                 [(f"k{i}", f"{i:06d}" + "x" * (size - 6)) for i in range(n)])
-        await c.wait_for(lambda: c.messages and c.messages[-1]["offset"] == n - 1, 30,
+        await c.wait_for(lambda: c.messages and c.messages[-1]["offset"] == n - 1, 15,
                          lambda: f"the last record (offset {n - 1}); got {len(c.messages)} messages, "
                                  f"last offset {c.messages[-1]['offset'] if c.messages else None}, "
                                  f"errors {c.unsolicited[:2]}")

@@ -1,0 +1,135 @@
+/* Custom authentication and audit through the C ABI: allow with an identity, deny with a
+ * status, an expiring credential closed with 4001, audit events for each. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <streamotter.h>
+
+static int failures = 0, checks = 0;
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(cond)) {                                                                \
+            failures++;                                                               \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__,    \
+                    __LINE__, #cond, sot_last_error());                               \
+        }                                                                             \
+    } while (0)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+static long long wall_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+#define WAIT_FOR(cond, seconds)                                                       \
+    do {                                                                              \
+        double deadline_ = now_s() + (seconds);                                       \
+        while (!(cond) && now_s() < deadline_) usleep(2000);                          \
+    } while (0)
+
+static sot_engine *gw;
+static atomic_int auth_calls, audit_ok, audit_denied, audit_open, audit_close, opened, closed_4001, errors;
+static char last_peer[64];
+
+static void on_auth(void *o, uint64_t req, const char *path, const sot_header *h, size_t n, const char *peer, const char *tls) {
+    (void)o; (void)path; (void)tls;
+    atomic_fetch_add(&auth_calls, 1);
+    snprintf(last_peer, sizeof last_peer, "%s", peer);
+    const char *user = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(h[i].name, "X-User") == 0) user = h[i].value;
+    if (!user) { CHECK(sot_auth_deny(gw, req, 403, "no user") == SOT_OK); return; }
+    long long exp = strcmp(user, "shortlived") == 0 ? wall_ms() + 1500 : 0;
+    CHECK(sot_auth_allow(gw, req, user, "reader,writer", exp) == SOT_OK);
+    CHECK(sot_auth_allow(gw, req, user, NULL, 0) == SOT_ERR_NOT_FOUND); /* answered already */
+}
+
+static void on_audit(void *o, const char *json) {
+    (void)o;
+    CHECK(json[0] == '{');
+    if (strstr(json, "\"event\":\"auth_ok\"")) atomic_fetch_add(&audit_ok, 1);
+    if (strstr(json, "\"event\":\"auth_denied\"")) atomic_fetch_add(&audit_denied, 1);
+    if (strstr(json, "\"event\":\"connection_open\"")) atomic_fetch_add(&audit_open, 1);
+    if (strstr(json, "\"event\":\"connection_close\"")) atomic_fetch_add(&audit_close, 1);
+}
+
+static void on_open(void *o, const char *p) { (void)o; (void)p; atomic_fetch_add(&opened, 1); }
+static void on_close(void *o, int code, const char *r) { (void)o; (void)r; if (code == 4001) atomic_fetch_add(&closed_4001, 1); }
+static void on_error(void *o, const char *code, const char *msg) { (void)o; (void)msg; if (strcmp(code, "handshake_failed") == 0) atomic_fetch_add(&errors, 1); }
+
+static sot_client *client(sot_engine *ce, const char *user) {
+    char url[128], err[256];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/", sot_engine_port(gw));
+    sot_conf *c = sot_conf_new();
+    if (user) sot_conf_set(c, "client.header.X-User", user, err, sizeof err);
+    sot_conf_set(c, "reconnect.enabled", "false", err, sizeof err);
+    sot_client_callbacks cb = {sizeof cb, on_open, NULL, on_close, on_error};
+    sot_client *cl = sot_client_new(ce, url, c, &cb, NULL, err, sizeof err);
+    sot_conf_destroy(c);
+    sot_client_start(cl);
+    return cl;
+}
+
+int main(void) {
+    char err[256];
+    sot_conf *c = sot_conf_new();
+    sot_conf_set(c, "listen", "127.0.0.1:0", err, sizeof err);
+    sot_conf_set(c, "embedded.brokers", "1", err, sizeof err);
+    gw = sot_engine_new(c, err, sizeof err);
+    sot_conf_destroy(c);
+    CHECK(sot_engine_set_auth_callback(gw, NULL, NULL) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_engine_set_auth_callback(gw, on_auth, NULL) == SOT_OK);
+    CHECK(sot_engine_set_audit_callback(gw, on_audit, NULL) == SOT_OK);
+    CHECK(sot_engine_start(gw) == SOT_OK);
+    CHECK(sot_engine_set_auth_callback(gw, on_auth, NULL) == SOT_ERR_STATE);
+    CHECK(sot_auth_deny(gw, 12345, 403, "x") == SOT_ERR_NOT_FOUND);
+    CHECK(sot_auth_deny(gw, 1, 200, "x") == SOT_ERR_INVALID_ARG);
+
+    c = sot_conf_new();
+    sot_conf_set(c, "mode", "client", err, sizeof err);
+    sot_engine *ce = sot_engine_new(c, err, sizeof err);
+    sot_conf_destroy(c);
+    sot_engine_start(ce);
+
+    sot_client *alice = client(ce, "alice");
+    WAIT_FOR(atomic_load(&opened) == 1, 5);
+    CHECK(atomic_load(&opened) == 1);
+    CHECK(strcmp(last_peer, "127.0.0.1") == 0);
+
+    sot_client *nobody = client(ce, NULL);
+    WAIT_FOR(atomic_load(&errors) == 1, 5);
+    CHECK(atomic_load(&errors) == 1);       /* 403 at the handshake */
+    CHECK(atomic_load(&opened) == 1);
+
+    double t0 = now_s();
+    sot_client *brief = client(ce, "shortlived");
+    WAIT_FOR(atomic_load(&closed_4001) == 1, 5);
+    CHECK(atomic_load(&closed_4001) == 1);  /* closed before its expiry */
+    CHECK(now_s() - t0 < 1.5);
+    printf("expiring credential closed with 4001 after %.2f s (expiry at 1.5 s)\n", now_s() - t0);
+
+    WAIT_FOR(atomic_load(&audit_close) >= 1, 3);
+    CHECK(atomic_load(&auth_calls) == 3);
+    CHECK(atomic_load(&audit_ok) == 2);
+    CHECK(atomic_load(&audit_denied) == 1);
+    CHECK(atomic_load(&audit_open) == 2);
+    CHECK(atomic_load(&audit_close) >= 1);
+
+    sot_client_destroy(alice);
+    sot_client_destroy(nobody);
+    sot_client_destroy(brief);
+    sot_engine_destroy(ce);
+    sot_engine_destroy(gw);
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,236 @@
+"""Support for the "nothing lost" suites (test_resume, test_faults, test_flow_control).
+
+- `dev_kafka` fixture: `streamotter dev-kafka` as its own process, with its fault-injection
+  control channel on stdin (`broker-down 1`, `rtt -1 50`, `leader T 0 2`, ...).
+- `gateways` fixture: `streamotter serve --brokers <dev-kafka>` processes, several of which
+  may share one Kafka (resume on another gateway, kill -9).
+- Kafka-side checks with confluent-kafka (headers included) and a raw, cheap WebSocket
+  reader for high message rates.
+
+Import the fixtures into a test module with `from nl_support import *`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, RE_BOOTSTRAP, RE_LISTENING, STARTUP_TIMEOUT, GatewayFactory, Proc, unique
+
+__all__ = [
+    "DevKafka", "dev_kafka", "gateways", "report", "kafka_records", "rss_kb", "metrics",
+    "Stopwatch", "produce_paced", "unique",
+]
+
+
+def report(capsys, text: str) -> None:
+    """Print a figure line to the terminal even under pytest's capture."""
+    with capsys.disabled():
+        print(f"\n[nothing-lost] {text}", flush=True)
+
+
+class ControlledProc(Proc):
+    """A Proc whose stdin is a pipe (dev-kafka reads fault-injection commands there)."""
+
+    def __init__(self, args: list[str], name: str):
+        self.args = args
+        self.name = name
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=str(REPO))
+        self.pid = self.proc.pid
+        self.stdout_lines: list[str] = []
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=400)
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, False), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+
+class DevKafka:
+    """`streamotter dev-kafka` with its control channel."""
+
+    def __init__(self, binary: str, brokers: int = 3, topics: dict[str, int] | None = None):
+        argv = [binary, "dev-kafka", "--brokers", str(brokers)]
+        for name, n in (topics or {}).items():
+            argv += ["--topic", f"{name}:{n}"]
+        self.proc = ControlledProc(argv, "streamotter dev-kafka")
+        self.bootstrap = self.proc.wait_line(RE_BOOTSTRAP, STARTUP_TIMEOUT).group(1)
+        self._lock = threading.Lock()
+        self._seen = 0
+
+    def cmd(self, line: str, timeout: float = 10) -> str:
+        """Send one control command; return its reply line (`ok ...`); fail on `error`."""
+        with self._lock:
+            with self.proc._cond:
+                start = len(self.proc.stdout_lines)
+            self.proc.proc.stdin.write((line + "\n").encode())
+            self.proc.proc.stdin.flush()
+            deadline = time.monotonic() + timeout
+            with self.proc._cond:
+                while True:
+                    for ln in self.proc.stdout_lines[start:]:
+                        if ln.startswith("ok ") or ln.startswith("error "):
+                            assert ln.startswith("ok "), f"dev-kafka: {line!r} -> {ln}"
+                            return ln
+                    left = deadline - time.monotonic()
+                    assert left > 0, f"dev-kafka did not answer {line!r}\n{self.proc.diagnostics()}"
+                    self.proc._cond.wait(min(left, 0.2))
+
+    def topic(self, name: str, partitions: int) -> str:
+        self.cmd(f"topic {name} {partitions}")
+        return name
+
+    def stop(self):
+        try:
+            self.proc.proc.stdin.close()
+        except OSError:
+            pass
+        rc = self.proc.stop()
+        assert rc == 0, f"dev-kafka exited with {rc}\n{self.proc.diagnostics()}"
+
+
+@pytest.fixture
+def dev_kafka(streamotter_bin):
+    dk = DevKafka(streamotter_bin)
+    try:
+        yield dk
+    finally:
+        dk.stop()
+
+
+class Gateways:
+    """Gateways on one shared dev-kafka: `start(*args)` returns a conftest Gateway."""
+
+    def __init__(self, binary: str, dev: DevKafka):
+        self.factory = GatewayFactory(binary)
+        self.dev = dev
+
+    def start(self, *args: str):
+        return self.factory.start(topics={}, args=["--brokers", self.dev.bootstrap, *args])
+
+
+@pytest.fixture
+def gateways(streamotter_bin, dev_kafka):
+    g = Gateways(streamotter_bin, dev_kafka)
+    try:
+        yield g
+    finally:
+        g.factory.finish()
+
+
+# --------------------------------------------------------------------------- Kafka side
+
+
+def kafka_records(bootstrap: str, topic: str, expect: int, timeout: float = 60):
+    """Every record of `topic` read with confluent-kafka: list of (partition, offset, key,
+    value, headers dict). Reads until `expect` records or the end of every partition after
+    the deadline."""
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("nl-check"),
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = sorted(md.topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out, eof = [], set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                if len(out) >= expect and len(eof) == len(parts):
+                    break
+                continue
+            if m.error():
+                if m.error().code() == -191:  # _PARTITION_EOF
+                    eof.add(m.partition())
+                    if len(out) >= expect and len(eof) == len(parts):
+                        break
+                    continue
+                raise AssertionError(f"consumer error: {m.error()}")
+            eof.discard(m.partition())
+            hdrs = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+            out.append((m.partition(), m.offset(), m.key(), m.value(), hdrs))
+        return out
+    finally:
+        c.close()
+
+
+def produce_paced(bootstrap: str, topic: str, n: int, rate: float, value=None, key=None,
+                  extra_conf: dict | None = None) -> float:
+    """Produce `n` records at about `rate` per second with confluent-kafka (a peer, not our
+    code). value(i) / key(i) build each record; the default value carries the send time.
+    Returns the seconds it took."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all",
+                  "enable.idempotence": True, **(extra_conf or {})})
+    failures = []
+
+    def dr(err, msg):
+        if err is not None:
+            failures.append(err)
+
+    t0 = time.monotonic()
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0.002:
+            p.poll(0)
+            time.sleep(delay)
+        v = value(i) if value else json.dumps({"i": i, "t": time.time()}, separators=(",", ":"))
+        k = key(i) if key else f"k{i}"
+        while True:
+            try:
+                p.produce(topic, value=v, key=k, on_delivery=dr)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0, "producer could not flush"
+    assert not failures, failures[:5]
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- gateway side
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def metrics(gw) -> dict[str, float]:
+    from e2e_helpers import http_exchange
+
+    status, _, body, _ = http_exchange(gw.host, gw.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    out = {}
+    for ln in body.decode().splitlines():
+        if ln and not ln.startswith("#"):
+            k, _, v = ln.rpartition(" ")
+            out[k.removeprefix("streamotter_")] = float(v)
+    return out
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.t0
