@@ -276,9 +276,11 @@ SOT_API int sot_auth_allow(sot_engine *engine, uint64_t request, const char *sub
  *  `reason` for the response body (may be NULL). Any thread. SOT_ERR_NOT_FOUND as above. */
 SOT_API int sot_auth_deny(sot_engine *engine, uint64_t request, int status, const char *reason);
 
-/** Receives every audit event as one JSON object (NUL-terminated, no newline): auth_ok,
- *  auth_denied, access_denied, connection_open, connection_close, with connection id,
- *  peer address, subject, method and reason. Never contains a token or a secret. */
+/** Receives every audit event as one JSON object (NUL-terminated, no newline): "event" is
+ *  auth_success, auth_failure, denied, connection_open, connection_close, token_expired,
+ *  token_refreshed or limit_exceeded, with "conn", "peer", "sub", "roles", "method",
+ *  "reason", "channel", "op", "close_code" where they apply. Never contains a token or a
+ *  secret (token-shaped text is redacted). */
 typedef void (*sot_audit_cb)(void *opaque, const char *json);
 
 /** Sets the audit callback (in addition to "audit.file"). Before sot_engine_start

@@ -288,6 +288,7 @@ final class Gateway: WebSocketServerDelegate {
         if let session = c.session as? Session, session.rate != nil,
            case .limited(let wait) = session.rate!.consume(bytes: message.count, now: SecurityClock.monotonicNanos()) {
             server.metrics.rateLimited += 1
+            audit.limit(c, reason: "rate limit")
             let id = (try? message.withUnsafeBytes { try ProtocolParser.parse($0) })?.id
             reply(c, ServerFrames.error(id: id, code: "rate_limited",
                 message: "over limits.messages_per_second / limits.bytes_per_second; the request was dropped, retry in \(wait / 1_000_000 + 1) ms"))
@@ -340,8 +341,10 @@ final class Gateway: WebSocketServerDelegate {
                     return
                 }
                 c.identity = identity
+                self.audit.refreshed(c, ok: true, reason: "ok")
                 self.reply(c, ServerFrames.ok(id: id))
             case .failure(let e):
+                self.audit.refreshed(c, ok: false, reason: e.message)
                 self.reply(c, ServerFrames.error(id: id, code: "unauthorized", message: e.message))
             }
         }

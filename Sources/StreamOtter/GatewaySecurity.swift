@@ -208,62 +208,78 @@ func percentDecode(_ s: String) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// Audit events of the gateway: JSON lines to a file and/or the host's callback. Only
-/// structured fields are written, never a token or a secret. Loop thread.
+/// Audit events of the gateway, written by `AuditLog` (StreamOtterSecurity) as JSON lines
+/// to a file (mode 0600, append) and/or the host's callback. Only structured fields are
+/// written, and anything token- or secret-shaped is redacted. Loop thread.
 final class GatewayAudit {
-    private var file: UnsafeMutablePointer<FILE>?
-    var sink: ((String) -> Void)?
+    private var fileLog: AuditLog?
+    private var callbackLog: AuditLog?
 
     init(path: String?) throws {
         if let path {
-            guard let f = fopen(path, "a") else { throw ConfigError("audit.file: cannot open '\(path)': \(String(cString: strerror(errno)))") }
-            file = f
+            do { fileLog = try AuditLog(sink: .file(path: path, fsync: false)) } catch {
+                throw ConfigError("audit.file: \(error)")
+            }
         }
     }
 
-    deinit { if let file { fclose(file) } }
-
-    var enabled: Bool { file != nil || sink != nil }
-
-    func write(_ event: String, _ fields: [(String, String?)]) {
-        guard enabled else { return }
-        var out = Array("{\"ts\":\(loopStartTime()),\"event\":".utf8)
-        JSON.appendString(event, to: &out)
-        for (k, v) in fields {
-            guard let v else { continue }
-            out.append(UInt8(ascii: ","))
-            JSON.appendString(k, to: &out)
-            out.append(UInt8(ascii: ":"))
-            JSON.appendString(v, to: &out)
+    /// The host's audit callback (loop thread).
+    var sink: ((String) -> Void)? {
+        didSet {
+            guard let f = sink else { callbackLog = nil; return }
+            let box = UncheckedSendable(f)
+            callbackLog = try? AuditLog(sink: .callback({ line in box.value(line) }))
         }
-        out.append(UInt8(ascii: "}"))
-        let line = String(decoding: out, as: UTF8.self)
-        if let file {
-            fputs(line + "\n", file)
-            fflush(file)
-        }
-        sink?(line)
+    }
+
+    var enabled: Bool { fileLog != nil || callbackLog != nil }
+
+    private func record(_ e: AuditEvent) {
+        fileLog?.record(e)
+        callbackLog?.record(e)
     }
 
     func auth(_ c: WebSocketConnection, ok: Bool, method: String, reason: String, subject: String?) {
-        write(ok ? "auth_ok" : "auth_denied", [("conn", String(c.id)), ("peer", c.peerAddress), ("method", method),
-                                                ("reason", reason), ("subject", subject)])
+        guard enabled else { return }
+        record(AuditEvent(kind: ok ? .authSuccess : .authFailure, connectionID: c.id, subject: subject, peer: c.peerAddress,
+                          method: method, reason: reason))
     }
 
     func denied(_ c: WebSocketConnection, op: String, channel: String, permission: String) {
-        write("access_denied", [("conn", String(c.id)), ("peer", c.peerAddress), ("subject", c.identity.subject),
-                                ("op", op), ("channel", channel), ("permission", permission)])
+        guard enabled else { return }
+        record(AuditEvent(kind: .denied, connectionID: c.id, subject: c.identity.subject, roles: c.identity.roles,
+                          peer: c.peerAddress, method: c.identity.method, reason: "\(op) needs \(permission)", channel: channel,
+                          operation: ChannelPermission(rawValue: permission)))
+    }
+
+    func limit(_ c: WebSocketConnection, reason: String) {
+        guard enabled else { return }
+        record(AuditEvent(kind: .limitExceeded, connectionID: c.id, subject: c.identity.subject, peer: c.peerAddress, reason: reason))
+    }
+
+    func refreshed(_ c: WebSocketConnection, ok: Bool, reason: String) {
+        guard enabled else { return }
+        record(AuditEvent(kind: ok ? .tokenRefreshed : .authFailure, connectionID: c.id, subject: c.identity.subject,
+                          peer: c.peerAddress, method: c.identity.method, reason: reason))
     }
 
     func opened(_ c: WebSocketConnection) {
-        write("connection_open", [("conn", String(c.id)), ("peer", c.peerAddress), ("subject", c.identity.subject),
-                                  ("method", c.identity.method), ("roles", c.identity.roles.joined(separator: ","))])
+        guard enabled else { return }
+        record(AuditEvent(kind: .connectionOpen, connectionID: c.id, subject: c.identity.subject, roles: c.identity.roles,
+                          peer: c.peerAddress, method: c.identity.method))
     }
 
     func closed(_ c: WebSocketConnection, code: UInt16, reason: String) {
-        write("connection_close", [("conn", String(c.id)), ("peer", c.peerAddress), ("subject", c.identity.subject),
-                                   ("code", String(code)), ("reason", reason)])
+        guard enabled else { return }
+        record(AuditEvent(kind: code == 4001 ? .tokenExpired : .connectionClose, connectionID: c.id, subject: c.identity.subject,
+                          peer: c.peerAddress, method: c.identity.method, reason: reason, closeCode: Int(code)))
     }
+}
+
+/// Carries a closure that is only ever called on the loop thread into a @Sendable one.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
 }
 
 /// Authentication of upgrades by OAuth2 token introspection (RFC 7662). The HTTP call is

@@ -57,10 +57,10 @@ static void on_auth(void *o, uint64_t req, const char *path, const sot_header *h
 static void on_audit(void *o, const char *json) {
     (void)o;
     CHECK(json[0] == '{');
-    if (strstr(json, "\"event\":\"auth_ok\"")) atomic_fetch_add(&audit_ok, 1);
-    if (strstr(json, "\"event\":\"auth_denied\"")) atomic_fetch_add(&audit_denied, 1);
+    if (strstr(json, "\"event\":\"auth_success\"")) atomic_fetch_add(&audit_ok, 1);
+    if (strstr(json, "\"event\":\"auth_failure\"")) atomic_fetch_add(&audit_denied, 1);
     if (strstr(json, "\"event\":\"connection_open\"")) atomic_fetch_add(&audit_open, 1);
-    if (strstr(json, "\"event\":\"connection_close\"")) atomic_fetch_add(&audit_close, 1);
+    if (strstr(json, "\"event\":\"connection_close\"") || strstr(json, "\"event\":\"token_expired\"")) atomic_fetch_add(&audit_close, 1);
 }
 
 static void on_open(void *o, const char *p) { (void)o; (void)p; atomic_fetch_add(&opened, 1); }
