@@ -156,4 +156,96 @@ final class EngineClientTests: XCTestCase {
         lock.unlock()
         client.close()
     }
+
+    func testCustomAuthHandlerAllowsAndDenies() throws {
+        var c = EngineConfig()
+        try c.set("listen", "127.0.0.1:0")
+        try c.set("embedded.brokers", "1")
+        let gw = Engine(config: c)
+        let lock = NSLock()
+        var seen: [String] = []
+        gw.authHandler = { req, answer in
+            let user = req.headers.first { $0.0.lowercased() == "x-user" }?.1
+            lock.lock(); seen.append(user ?? "-"); lock.unlock()
+            // Answer from another thread, later: the upgrade waits.
+            Thread.detachNewThread {
+                usleep(20_000)
+                if let user { answer(.allow(Identity(subject: user, roles: ["reader"]))) }
+                else { answer(.deny(status: 401, reason: "who are you")) }
+            }
+        }
+        var audit: [String] = []
+        gw.auditHandler = { line in lock.lock(); audit.append(line); lock.unlock() }
+        try gw.start()
+        defer { gw.stop(); gw.wait() }
+
+        var cc = ClientConfig()
+        try cc.set("client.header.X-User", "alice")
+        let alice = try StreamClient(engine: gw, url: "ws://127.0.0.1:\(gw.port)/", config: cc)
+        let opened = expectation(description: "alice opens")
+        alice.onOpen = { _ in opened.fulfill() }
+        alice.start()
+
+        var nc = ClientConfig()
+        try nc.set("reconnect.enabled", "false")
+        let nobody = try StreamClient(engine: gw, url: "ws://127.0.0.1:\(gw.port)/", config: nc)
+        let refused = expectation(description: "nobody refused")
+        nobody.onError = { e in if e.code == "handshake_failed" && e.message.contains("401") { refused.fulfill() } }
+        nobody.start()
+        wait(for: [opened, refused], timeout: 10)
+        alice.close()
+        nobody.close()
+        lock.lock()
+        XCTAssertEqual(Set(seen), ["alice", "-"])
+        XCTAssertTrue(audit.contains { $0.contains("\"event\":\"auth_success\"") && $0.contains("\"sub\":\"alice\"") })
+        XCTAssertTrue(audit.contains { $0.contains("\"event\":\"auth_failure\"") })
+        lock.unlock()
+    }
+
+    /// The engine's wss client verifies the server certificate and its host name.
+    func testSecureClientVerifiesHostName() throws {
+        let dir = NSTemporaryDirectory() + "sot-tls-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
+                       "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+
+        var c = EngineConfig()
+        try c.set("listen", "127.0.0.1:0")
+        try c.set("embedded.brokers", "1")
+        try c.set("tls.cert_file", dir + "/cert.pem")
+        try c.set("tls.key_file", dir + "/key.pem")
+        let gw = Engine(config: c)
+        try gw.start()
+        defer { gw.stop(); gw.wait() }
+
+        func attempt(_ host: String, verify: Bool = true) throws -> (opened: Bool, error: ClientError?) {
+            var cc = ClientConfig()
+            try cc.set("client.tls.ca_file", dir + "/cert.pem")
+            try cc.set("reconnect.enabled", "false")
+            if !verify { try cc.set("client.tls.verify", "false") }
+            let client = try StreamClient(engine: gw, url: "wss://\(host):\(gw.port)/", config: cc)
+            let done = expectation(description: "outcome for \(host)")
+            let lock = NSLock()
+            var result: (Bool, ClientError?) = (false, nil)
+            client.onOpen = { _ in lock.lock(); result.0 = true; lock.unlock(); done.fulfill() }
+            client.onError = { e in lock.lock(); if result.1 == nil { result.1 = e }; lock.unlock(); done.fulfill() }
+            client.start()
+            wait(for: [done], timeout: 10)
+            client.close()
+            lock.lock(); defer { lock.unlock() }
+            return result
+        }
+        let good = try attempt("localhost")
+        XCTAssertTrue(good.opened, "a certificate for localhost is accepted for localhost: \(String(describing: good.error))")
+        let wrongHost = try attempt("127.0.0.1")
+        XCTAssertFalse(wrongHost.opened, "a certificate for localhost is refused for 127.0.0.1")
+        XCTAssertEqual(wrongHost.error?.code, "tls_failed")
+        XCTAssertTrue(wrongHost.error?.message.contains("certificate verify failed") ?? false, "\(String(describing: wrongHost.error))")
+    }
 }
