@@ -9,16 +9,8 @@
 
 #include <streamotter.h>
 
-static int failures = 0, checks = 0;
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__,   \
-                    __LINE__, #cond, sot_last_error());                              \
-        }                                                                            \
-    } while (0)
+#include "check.h"
+
 
 static void test_version_and_errors(void) {
     CHECK(strcmp(sot_version(), "0.1.0") == 0);
@@ -140,6 +132,5 @@ int main(void) {
     test_bad_conf_at_new();
     test_engine();
     test_destroy_running();
-    printf("%d passed, %d failed\n", checks - failures, failures);
-    return failures ? 1 : 0;
+    return report();
 }

@@ -10,32 +10,14 @@
 
 #include <streamotter.h>
 
-static int failures = 0, checks = 0;
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        checks++;                                                                     \
-        if (!(cond)) {                                                                \
-            failures++;                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__,    \
-                    __LINE__, #cond, sot_last_error());                               \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+
 static long long wall_ms(void) {
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
-#define WAIT_FOR(cond, seconds)                                                       \
-    do {                                                                              \
-        double deadline_ = now_s() + (seconds);                                       \
-        while (!(cond) && now_s() < deadline_) usleep(2000);                          \
-    } while (0)
 
 static sot_engine *gw;
 static atomic_int auth_calls, audit_ok, audit_denied, audit_open, audit_close, opened, closed_4001, errors;
@@ -130,6 +112,5 @@ int main(void) {
     sot_client_destroy(brief);
     sot_engine_destroy(ce);
     sot_engine_destroy(gw);
-    printf("%d passed, %d failed\n", checks - failures, failures);
-    return failures ? 1 : 0;
+    return report();
 }

@@ -12,31 +12,11 @@
 
 #include <streamotter.h>
 
-static double now_s(void);
+#include "check.h"
 
-static int failures = 0, checks = 0;
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        checks++;                                                                     \
-        if (!(cond)) {                                                                \
-            failures++;                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__,    \
-                    __LINE__, #cond, sot_last_error());                               \
-        }                                                                             \
-    } while (0)
 
-static double now_s(void);
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-#define WAIT_FOR(cond, seconds)                                                       \
-    do {                                                                              \
-        double deadline_ = now_s() + (seconds);                                       \
-        while (!(cond) && now_s() < deadline_) usleep(2000);                          \
-    } while (0)
+
 
 #define N 1000
 
@@ -54,7 +34,7 @@ static void on_close(void *o, int code, const char *reason) { (void)o; (void)cod
 static void on_error(void *o, const char *code, const char *msg) { (void)o; fprintf(stderr, "client error %s: %s\n", code, msg); }
 static void on_ack(void *o, int status, const char *code, const char *msg, int32_t p, int64_t off) {
     (void)o; (void)p; (void)off;
-    if (status == SOT_OK) { int a = atomic_fetch_add(&acks, 1) + 1; if (getenv("ACKTRACE") && (a == 1 || a % 100 == 0)) fprintf(stderr, "ack %d at %.3f\n", a, now_s()); }
+    if (status == SOT_OK) atomic_fetch_add(&acks, 1);
     else { atomic_fetch_add(&ack_errors, 1); fprintf(stderr, "ack error %s %s\n", code, msg); }
 }
 static void on_msg(void *o, const sot_message *m) {
@@ -215,7 +195,6 @@ static sot_engine *destroy_me;
 static atomic_int destroyed_in_cb;
 static void destroying_cb(void *o, const sot_message *m) {
     (void)o; (void)m;
-    fprintf(stderr, "destroying_cb\n");
     if (destroy_me && !atomic_load(&destroyed_in_cb)) {
         CHECK(sot_engine_stop(destroy_me) == SOT_ERR_IN_CALLBACK);
         sot_engine_destroy(destroy_me); /* deferred until this callback returns */
@@ -267,7 +246,6 @@ static void test_poll_mode(void) {
         struct pollfd pfd = {fd, POLLIN, 0};
         if (poll(&pfd, 1, 100) > 0) sot_engine_poll(gw, 0);
     }
-    fprintf(stderr, "c2 subscribed=%d\n", atomic_load(&subscribed));
     sot_client_publish(cl, "ctest", NULL, "1", NULL, NULL);
     deadline = now_s() + 10;
     while (!atomic_load(&destroyed_in_cb) && now_s() < deadline) {
@@ -281,6 +259,5 @@ static void test_poll_mode(void) {
 int main(void) {
     test_roundtrip();
     test_poll_mode();
-    printf("%d passed, %d failed\n", checks - failures, failures);
-    return failures ? 1 : 0;
+    return report();
 }
