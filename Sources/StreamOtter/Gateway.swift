@@ -280,7 +280,7 @@ final class Gateway: WebSocketServerDelegate {
     }
 
     /// Over the outbound bound: `ws.slow_consumer` decides (GatewayFlow.swift).
-    func slowConsumer(_ c: WebSocketConnection) { handleSlowConsumer(c) }
+    func slowConsumer(_ c: WebSocketConnection) { noteOverBound(c) }
 
     func connectionText(_ c: WebSocketConnection, _ message: [UInt8]) {
         hooks?.connectionMessage(c.id, text: true, message)
@@ -572,17 +572,7 @@ final class Gateway: WebSocketServerDelegate {
         var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(m, &tstype)
         var headers: [(String, UnsafeRawBufferPointer?)] = []
-        var hdrs: OpaquePointer?
-        if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
-            var i = 0
-            var name: UnsafePointer<CChar>?
-            var val: UnsafeRawPointer?
-            var size = 0
-            while rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                headers.append((name.map { String(cString: $0) } ?? "", val.map { UnsafeRawBufferPointer(start: $0, count: size) }))
-                i += 1
-            }
-        }
+        forEachHeader(m) { headers.append(($0, $1)) }
         let key = msg.key.map { UnsafeRawBufferPointer(start: $0, count: msg.key_len) }
         let value = msg.payload.map { UnsafeRawBufferPointer(start: $0, count: msg.len) }
         scratch.removeAll(keepingCapacity: true)

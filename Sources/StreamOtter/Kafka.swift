@@ -379,3 +379,18 @@ public struct ConfigError: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
 }
+
+/// Calls `body` with each header of a consumed message, in order; the value bytes are
+/// valid during the call only (nil for a null value).
+func forEachHeader(_ m: UnsafeMutablePointer<rd_kafka_message_t>, _ body: (String, UnsafeRawBufferPointer?) -> Void) {
+    var hdrs: OpaquePointer?
+    guard rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return }
+    var i = 0
+    var name: UnsafePointer<CChar>?
+    var val: UnsafeRawPointer?
+    var size = 0
+    while rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+        body(name.map { String(cString: $0) } ?? "", val.map { UnsafeRawBufferPointer(start: $0, count: size) })
+        i += 1
+    }
+}

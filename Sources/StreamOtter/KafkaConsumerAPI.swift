@@ -89,17 +89,7 @@ public final class KafkaConsumer {
         var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(m, &tstype)
         var headers: [(String, [UInt8]?)] = []
-        var hdrs: OpaquePointer?
-        if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
-            var i = 0
-            var name: UnsafePointer<CChar>?
-            var val: UnsafeRawPointer?
-            var size = 0
-            while rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                headers.append((name.map { String(cString: $0) } ?? "", val.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
-                i += 1
-            }
-        }
+        forEachHeader(m) { name, value in headers.append((name, value.map { Array($0) })) }
         return KafkaRecord(
             topic: msg.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "",
             partition: msg.partition, offset: msg.offset, timestamp: ts,
