@@ -11,6 +11,7 @@ PIP_PACKAGES := websockets confluent-kafka pytest
 
 .PHONY: all deps build run test test-swift test-c test-e2e install clean
 .PHONY: node-addon test-node
+.PHONY: test-python
 
 all: build
 
@@ -27,11 +28,12 @@ deps:
 build: deps
 	$(SWIFT) build -c release --static-swift-stdlib
 	@mkdir -p $(BUILD)/bin $(BUILD)/lib
-	cp --remove-destination .build/release/streamotter-cli $(BUILD)/bin/streamotter
-	cp --remove-destination .build/release/libstreamotter.so $(BUILD)/lib/libstreamotter.so.0
-	ln -sf libstreamotter.so.0 $(BUILD)/lib/libstreamotter.so
+	cp .build/release/streamotter-cli $(BUILD)/bin/.streamotter.tmp && mv -f $(BUILD)/bin/.streamotter.tmp $(BUILD)/bin/streamotter
 	@# lld writes DWARF 5, which valgrind 3.19 cannot read: ship the library without it.
-	strip --strip-debug $(BUILD)/lib/libstreamotter.so.0
+	@# Strip a copy and move it into place, so processes using the old file keep theirs.
+	strip --strip-debug -o $(BUILD)/lib/.libstreamotter.so.0.tmp .build/release/libstreamotter.so
+	mv -f $(BUILD)/lib/.libstreamotter.so.0.tmp $(BUILD)/lib/libstreamotter.so.0
+	ln -sf libstreamotter.so.0 $(BUILD)/lib/libstreamotter.so
 
 run: build
 	$(BUILD)/bin/streamotter serve --listen $(LISTEN)
@@ -68,6 +70,13 @@ $(NODE_ADDON): bindings/node/src/addon.c include/streamotter.h
 test-node: build node-addon
 	STREAMOTTER_LIBRARY=$(CURDIR)/$(BUILD)/lib/libstreamotter.so.0 node --test bindings/node/test/
 
+# The Python binding (bindings/python, pure Python over ctypes): installed with pip, then
+# its pytest suite against the library and CLI just built.
+test-python: build
+	python3 -m pip install -q ./bindings/python
+	STREAMOTTER_LIBRARY=$(CURDIR)/$(BUILD)/lib/libstreamotter.so.0 STREAMOTTER_BIN=$(CURDIR)/$(BUILD)/bin/streamotter \
+	  python3 -m pytest -q bindings/python/tests
+
 install: build
 	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) -DSTREAMOTTER_PREBUILT=ON >/dev/null
 	cmake --build $(BUILD)/cmake -j2
@@ -75,3 +84,23 @@ install: build
 
 clean:
 	rm -rf .build $(BUILD)
+
+.PHONY: bench
+
+# The benchmark suite (bench/, BENCHMARKS.md): the gateway and its peers side by side on
+# loopback, about 10 minutes on 2 cores; never part of `make test`. Installs the peers'
+# packages when missing. BENCH_ARGS go to bench/run.py (e.g. BENCH_ARGS="--only echo --quick").
+bench: build
+	@missing=""; for p in libuv1-dev librdkafka-dev libwebsockets-dev pkg-config; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+	@python3 -c "import picows, socketify, uvloop, matplotlib, websockets, confluent_kafka" 2>/dev/null || \
+	  python3 -m pip install -q picows socketify uvloop matplotlib websockets confluent-kafka
+	@mkdir -p $(BUILD)/bench
+	cc -O2 -Wall -o $(BUILD)/bench/loadgen bench/loadgen.c $$(pkg-config --cflags --libs libuv) -lpthread
+	cc -O2 -Wall -o $(BUILD)/bench/tcp_echo bench/peers/tcp_echo.c $$(pkg-config --cflags --libs libuv)
+	cc -O2 -Wall -o $(BUILD)/bench/rdkafka_produce bench/peers/rdkafka_produce.c $$(pkg-config --cflags --libs rdkafka)
+	cc -O2 -Wall -o $(BUILD)/bench/lws_echo bench/peers/lws_echo.c $$(pkg-config --cflags --libs libwebsockets)
+	python3 bench/run.py --bin-dir $(BUILD)/bench --streamotter $(BUILD)/bin/streamotter $(BENCH_ARGS)

@@ -81,7 +81,10 @@ typedef enum sot_status {
      *  for the thread that runs it). */
     SOT_ERR_IN_CALLBACK = -9,
     /** The handle is not a live object of this library (already destroyed). */
-    SOT_ERR_BAD_HANDLE = -10
+    SOT_ERR_BAD_HANDLE = -10,
+    /** The gateway (or Kafka) refused a request; the callback's `code` says why
+     *  ("forbidden", "unknown_channel", "closed", ...). */
+    SOT_ERR_REFUSED = -11
 } sot_status;
 
 /** Logical Kafka offsets for sot_consumer_assign / sot_consumer_seek. */
@@ -240,7 +243,8 @@ typedef void (*sot_delivery_cb)(void *opaque, int status, const char *error, con
 /** Produces one record to `channel` (a Kafka topic) through the engine's idempotent
  *  producer; subscribers of the channel receive it like any other record. `partition` -1
  *  lets the partitioner choose (murmur2 of the key, as Java does). `key` may be NULL;
- *  `headers` may be NULL when n_headers is 0. Everything is copied. Any thread. Returns
+ *  `headers` may be NULL when n_headers is 0; a header whose value is NULL is sent with
+ *  an empty value. Everything is copied. Any thread. Returns
  *  SOT_OK (then `cb`, if not NULL, runs exactly once with Kafka's answer),
  *  SOT_ERR_STATE when the engine is not a running gateway, SOT_ERR_INVALID_ARG. */
 SOT_API int sot_engine_publish(sot_engine *engine, const char *channel, int32_t partition,
@@ -298,9 +302,12 @@ SOT_API int sot_engine_set_audit_callback(sot_engine *engine, sot_audit_cb cb, v
  *  "circuit.cooldown_ms" (30000). Pings every "client.ping_interval_ms" (5000) measure the
  *  round trip; two missed pongs count the connection as lost. After a reconnect it
  *  resubscribes every channel from the next offset of every partition and resends
- *  unacknowledged publishes with their ids. Other keys: "client.subprotocols"
- *  ("streamotter.v1"), "client.header.<Name>", "client.connect_timeout_ms",
- *  "client.max_message_size", "reconnect.enabled". */
+ *  unacknowledged publishes with their ids (ids are unique per client instance, so a
+ *  resend is recognised by the gateway's dedupe window). Other keys:
+ *  "client.subprotocols" ("streamotter.v1"), "client.header.<Name>",
+ *  "client.connect_timeout_ms", "client.max_message_size", "reconnect.enabled", and for
+ *  wss:// URLs "client.tls.ca_file" (default: the system's trust store) and
+ *  "client.tls.verify" (default true: the certificate and host name are verified). */
 typedef struct sot_client sot_client;
 
 typedef enum sot_client_state {
@@ -312,7 +319,9 @@ typedef enum sot_client_state {
 } sot_client_state;
 
 /** Client callbacks. `size` must be sizeof(sot_client_callbacks); fields may be NULL.
- *  on_open and on_close pair up one to one (one pair per connection). */
+ *  on_open and on_close pair up one to one (one pair per connection), except that
+ *  sot_client_destroy ends all callbacks at once: to see the last on_close, call
+ *  sot_client_close and wait for it before destroying. */
 typedef struct sot_client_callbacks {
     size_t size;
     void (*on_open)(void *opaque, const char *subprotocol /* NULL if none */);
@@ -340,10 +349,11 @@ typedef struct sot_message {
 } sot_message;
 
 typedef void (*sot_message_cb)(void *opaque, const sot_message *message);
-/** The answer to a request: status SOT_OK, or an error with the protocol's `code` (for
- *  example "forbidden", "unknown_channel", "closed") and a message. */
+/** The answer to a request: status SOT_OK, or SOT_ERR_REFUSED with the protocol's `code`
+ *  (for example "forbidden", "unknown_channel", "closed") and a message. */
 typedef void (*sot_result_cb)(void *opaque, int status, const char *code, const char *message);
-/** The answer to a publish: SOT_OK with the Kafka partition and offset, or an error. */
+/** The answer to a publish: SOT_OK with the Kafka partition and offset, or
+ *  SOT_ERR_REFUSED with the protocol's code and a message. */
 typedef void (*sot_ack_cb)(void *opaque, int status, const char *code, const char *message,
                            int32_t partition, int64_t offset);
 

@@ -26,7 +26,7 @@ public enum AuthAnswer: Sendable {
 final class CustomAuthenticator: UpgradeAuthenticator {
     let loop: EventLoop
     let handler: (AuthRequest, @escaping (AuthAnswer) -> Void) -> Void
-    private var next: UInt64 = 1
+    var next: UInt64 = 1
 
     init(loop: EventLoop, handler: @escaping (AuthRequest, @escaping (AuthAnswer) -> Void) -> Void) {
         self.loop = loop
@@ -40,7 +40,7 @@ final class CustomAuthenticator: UpgradeAuthenticator {
             if let c, let audit = self?.audit {
                 switch d {
                 case .allow(let id): audit.auth(c, ok: true, method: "custom", reason: "ok", subject: id.subject)
-                case .deny(let status, _): audit.auth(c, ok: false, method: "custom", reason: "denied \(status)", subject: nil)
+                case .deny(let status, let reason): audit.auth(c, ok: false, method: "custom", reason: reason, subject: nil, status: status)
                 }
             }
             done(d)
@@ -59,6 +59,30 @@ final class CustomAuthenticator: UpgradeAuthenticator {
                     done(.allow(identity))
                 case .deny(let status, let reason):
                     done(.deny((400...599).contains(status) ? status : 403, reason))
+                }
+            }
+        }
+    }
+}
+
+extension CustomAuthenticator {
+    /// `{"op":"auth","token":...}` goes to the same callback as a request with path
+    /// `(refresh)` and the token in an `Authorization: Bearer` header.
+    func verify(token: String, for c: WebSocketConnection, _ done: @escaping (Result<Identity, AuthFailure>) -> Void) {
+        let req = AuthRequest(id: next, path: "(refresh)", headers: [("Authorization", "Bearer " + token)],
+                              peerAddress: c.peerAddress, tlsSubject: c.tlsPeerSubject)
+        next += 1
+        let loop = self.loop
+        let answered = AnswerOnce()
+        handler(req) { answer in
+            guard answered.take() else { return }
+            loop.post {
+                switch answer {
+                case .allow(var identity):
+                    if identity.method == "anonymous" { identity.method = "custom" }
+                    done(.success(identity))
+                case .deny(let status, let reason):
+                    done(.failure(AuthFailure(status: status, message: reason)))
                 }
             }
         }

@@ -197,8 +197,11 @@ public final class StreamClient: TCPStreamDelegate {
         var frame: [UInt8]
         var completion: (Result<PublishAck, ClientError>) -> Void
     }
-    private var pending: [String: Pending] = [:]
-    private var pendingOrder: [String] = []
+    /// Unacknowledged publishes by id, with their sequence number (resend order).
+    private var pending: [String: (seq: UInt64, p: Pending)] = [:]
+    /// Ids are unique per client instance, so the gateway's dedupe window recognises a
+    /// resend after a reconnect and never mistakes another client's publish for one.
+    private let idPrefix = "c" + String(UInt64.random(in: 1...UInt64.max), radix: 36) + "-"
 
     private final class Subscription {
         let channel: String
@@ -294,7 +297,8 @@ public final class StreamClient: TCPStreamDelegate {
                 completion(.failure(ClientError(code: "closed", message: "the client was closed")))
                 return
             }
-            let id = "c\(nextId)"
+            let seq = nextId
+            let id = idPrefix + String(seq, radix: 36)
             nextId += 1
             var f = Array("{\"op\":\"publish\",\"id\":\"\(id)\",\"channel\":".utf8)
             JSON.appendString(channel, to: &f)
@@ -315,8 +319,7 @@ public final class StreamClient: TCPStreamDelegate {
             f += Array(",\"data\":".utf8)
             f += data
             f.append(UInt8(ascii: "}"))
-            pending[id] = Pending(channel: channel, frame: f, completion: completion)
-            pendingOrder.append(id)
+            pending[id] = (seq, Pending(channel: channel, frame: f, completion: completion))
             if state == .open { writeFrame(.text, f) }
         }
     }
@@ -377,6 +380,9 @@ public final class StreamClient: TCPStreamDelegate {
         connectDeadline?.close(); connectDeadline = nil
         connector?.cancel(); connector = nil
         if let s = stream, upgraded {
+            // We close: our code is the one reported (the server echoes it).
+            closeCode = code
+            closeReason = reason
             var body: [UInt8] = [UInt8(code >> 8), UInt8(code & 0xff)]
             body += Array(reason.utf8.prefix(123))
             writeFrame(.close, body)
@@ -393,10 +399,9 @@ public final class StreamClient: TCPStreamDelegate {
     }
 
     private func failAll(_ e: ClientError) {
-        let p = pending
+        let p = pending.values.sorted { $0.seq < $1.seq }
         pending.removeAll()
-        for id in pendingOrder { if let x = p[id] { x.completion(.failure(e)) } }
-        pendingOrder.removeAll()
+        for x in p { x.p.completion(.failure(e)) }
         for sub in subscriptions.values {
             sub.completion?(.failure(e))
             sub.completion = nil
@@ -521,7 +526,7 @@ public final class StreamClient: TCPStreamDelegate {
         onOpen?(subprotocol)
         // Resubscribe from the last positions, then resend unacknowledged publishes.
         for sub in subscriptions.values.sorted(by: { $0.channel < $1.channel }) { sendSubscribe(sub) }
-        for id in pendingOrder { if let p = pending[id] { writeFrame(.text, p.frame) } }
+        for x in pending.values.sorted(by: { $0.seq < $1.seq }) { writeFrame(.text, x.p.frame) }
         if config.pingIntervalMs > 0 {
             let t = LoopTimer(loop: loop)
             t.start(afterMs: config.pingIntervalMs, repeatMs: config.pingIntervalMs) { [weak self] in self?.pingTick() }
@@ -705,8 +710,7 @@ public final class StreamClient: TCPStreamDelegate {
             sub.handler(StreamMessage(channel: channel, partition: part, offset: off, timestamp: int("timestamp") ?? -1,
                                       key: str("key"), data: data, frame: m))
         case "ack":
-            guard let id = str("id"), let p = pending.removeValue(forKey: id) else { return }
-            pendingOrder.removeAll { $0 == id }
+            guard let id = str("id"), let p = pending.removeValue(forKey: id)?.p else { return }
             p.completion(.success(PublishAck(channel: str("channel") ?? p.channel, partition: Int32(int("partition") ?? -1), offset: int("offset") ?? -1)))
         case "ok":
             guard let id = str("id") else { return }
@@ -722,8 +726,7 @@ public final class StreamClient: TCPStreamDelegate {
         case "error":
             let e = ClientError(code: str("code") ?? "error", message: str("message") ?? "")
             if let id = str("id") {
-                if let p = pending.removeValue(forKey: id) {
-                    pendingOrder.removeAll { $0 == id }
+                if let p = pending.removeValue(forKey: id)?.p {
                     p.completion(.failure(e))
                     return
                 }

@@ -35,6 +35,9 @@ public struct EngineConfig {
     /// What happens to a subscriber over `ws.max_buffered_bytes`: close it (with its
     /// positions) or pause it until its socket drains.
     public var slowConsumerPause = false
+    /// How long a subscriber may stay between one and two times its bound before it
+    /// counts as slow.
+    public var slowConsumerGraceMs: UInt64 = 1_000
     var ws = WebSocketSettings()
     /// Most channels one connection may subscribe to.
     public var maxSubscriptions = 100
@@ -72,6 +75,7 @@ public struct EngineConfig {
         "security.allowed_origins", "limits.max_connections", "limits.max_connections_per_address",
         "limits.max_subscriptions", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
         "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer",
+        "ws.slow_consumer_grace_ms",
     ]
 
     /// Sets one key. Throws ConfigError with a message naming the key on a bad key or value.
@@ -159,6 +163,7 @@ public struct EngineConfig {
                 throw ConfigError("ws.slow_consumer: expected close or pause, got '\(value)'")
             }
             slowConsumerPause = value == "pause"
+        case "ws.slow_consumer_grace_ms": slowConsumerGraceMs = UInt64(try int(0))
         default:
             if key.hasPrefix("tls.sni.") {
                 let host = String(key.dropFirst(8))

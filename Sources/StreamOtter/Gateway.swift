@@ -259,6 +259,7 @@ final class Gateway: WebSocketServerDelegate {
     func connectionClosed(_ c: WebSocketConnection, code: UInt16, reason: String) {
         hooks?.connectionClosed(c.id, code: code, reason: reason)
         audit.closed(c, code: code, reason: reason)
+        flow.overSince.removeValue(forKey: c.id)
         guard let s = c.session as? Session else { return }
         s.closed = true
         for sub in s.subscriptions.values { detach(sub) }
@@ -352,6 +353,10 @@ final class Gateway: WebSocketServerDelegate {
 
     // MARK: publish
 
+    func upgradeRefused(_ c: WebSocketConnection, status: Int, reason: String) {
+        audit.refused(c, status: status, reason: reason)
+    }
+
     func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64) {
         var f = Array("{\"op\":\"error\",\"code\":\"token_expiring\",\"message\":\"the credential expires soon; send {\\\"op\\\":\\\"auth\\\",\\\"token\\\":...} to refresh it\",\"expires_at\":".utf8)
         f += Array(String(expiresAtMs).utf8)
@@ -423,6 +428,10 @@ final class Gateway: WebSocketServerDelegate {
     private func subscribe(_ c: WebSocketConnection, _ session: Session, id: String?, channel: String, from: StartPosition) {
         if shuttingDown {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down"))
+            return
+        }
+        if c.credentialExpired {
+            reply(c, ServerFrames.error(id: id, code: "unauthorized", message: "the credential has expired"))
             return
         }
         if !permitted(c, .subscribe, channel, op: "subscribe") {

@@ -27,6 +27,11 @@ final class FlowState {
     var retryTimerRunning = false
     var replay: ReplayLane?
     var replayUnavailable = false
+    /// Connections over their outbound bound this turn, judged after the turn's flush.
+    var suspects: Set<UInt64> = []
+    var suspectCheckPosted = false
+    /// Connections over their bound (but under twice it) since this time.
+    var overSince: [UInt64: UInt64] = [:]
 
     var dedupeHits: UInt64 = 0
     var heldTotal: UInt64 = 0
@@ -243,39 +248,44 @@ extension Gateway {
     func replayTick() {
         guard let lane = flow.replay else { return }
         let now = loopNowMs(loop)
+        // Replays are paced by the reader too: a subscriber with half its bound queued
+        // steps off the feed (keeping its position) until its socket drains, so history
+        // never overflows a reader that keeps up, and never waits on one that does not.
+        let threshold = server.settings.maxBufferedBytes / 2
         for f in Array(lane.feeds.values) {
             f.bucket.refill(now: now)
             var budget = ReplayLane.tickBudget
-            while budget > 0, !f.subscribers.isEmpty, f.bucket.available, let m = lane.poll(f) {
+            while budget > 0, f.bucket.available {
+                for sub in f.subscribers where sub.connection.queuedBytes >= threshold { park(sub, f) }
+                if f.subscribers.isEmpty { break }
+                guard let m = lane.poll(f) else { break }
                 budget -= 1
-                defer { rd_kafka_message_destroy(m) }
                 if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                     replayError(lane, f, m)
-                    continue
+                } else {
+                    f.position = m.pointee.offset + 1
+                    let n = fanOut(m, topic: f.tp.topic, to: f.subscribers)
+                    if n > 0 {
+                        lane.replayed += UInt64(n)
+                        _ = f.bucket.take(now: now)
+                    }
                 }
-                let offset = m.pointee.offset
-                f.position = offset + 1
-                // Replays are paced by the reader too: a subscriber with half its bound
-                // queued steps off the feed (keeping its position) until its socket drains,
-                // so history never overflows a reader that keeps up, and never waits on one
-                // that does not.
-                let threshold = server.settings.maxBufferedBytes / 2
-                for sub in f.subscribers where sub.connection.queuedBytes >= threshold
-                    && offset >= sub.next[f.tp.partition] ?? Int64.max {
-                    park(sub, f)
-                }
-                let n = fanOut(m, topic: f.tp.topic, to: f.subscribers)
-                if n > 0 {
-                    lane.replayed += UInt64(n)
-                    _ = f.bucket.take(now: now)
-                }
+                rd_kafka_message_destroy(m)
             }
             for sub in f.subscribers where caughtUp(sub, f, lane) {
                 f.subscribers.removeAll { $0 === sub }
                 sub.replays.removeAll { $0 === f }
                 join(sub, liveFeed(f.tp, at: sub.next[f.tp.partition] ?? f.position))
             }
-            if f.subscribers.isEmpty { lane.close(f) }
+            // A feed whose readers all stepped off lingers a moment, positioned where they
+            // left, so that taking them back needs no new assignment or seek.
+            if !f.subscribers.isEmpty {
+                f.emptySince = nil
+            } else if let since = f.emptySince {
+                if now &- since >= ReplayLane.lingerMs { lane.close(f) }
+            } else {
+                f.emptySince = now
+            }
         }
         if lane.feeds.isEmpty { lane.stopTicking() }
     }
@@ -339,12 +349,60 @@ extension Gateway {
             n += 1
             server.metrics.deliveries += 1
             server.metrics.messagesOut += 1
-            if sub.connection.sendShared(frame!) == .overBound { slowConsumer(sub.connection) }
+            if sub.connection.sendShared(frame!) == .overBound { noteOverBound(sub.connection) }
         }
         return n
     }
 
     // MARK: slow consumers
+
+    /// A send left more than `ws.max_buffered_bytes` queued. That alone does not make the
+    /// reader slow: one loop turn may queue a burst (a whole batch from Kafka) that the
+    /// kernel takes at the end of the turn. The connection is judged once per turn, after
+    /// its bytes were offered to the kernel, on what the kernel did not take:
+    /// - at most the bound: fine;
+    /// - over twice the bound: slow, at once (the memory bound);
+    /// - in between: slow if it has not drained back to the bound within
+    ///   `ws.slow_consumer_grace_ms` (a reader that keeps up drains a burst in far less).
+    func noteOverBound(_ c: WebSocketConnection) {
+        guard c.isOpen else { return }
+        flow.suspects.insert(c.id)
+        if !flow.suspectCheckPosted {
+            flow.suspectCheckPosted = true
+            loop.post { [weak self] in self?.judgeSuspects() }
+        }
+    }
+
+    private func judgeSuspects() {
+        flow.suspectCheckPosted = false
+        let ids = flow.suspects
+        flow.suspects.removeAll()
+        let bound = server.settings.maxBufferedBytes
+        let now = loopNowMs(loop)
+        for id in ids {
+            guard let c = server.connections[id], c.isOpen else {
+                flow.overSince.removeValue(forKey: id)
+                continue
+            }
+            c.stream.flushTurn()  // offer this turn's bytes to the kernel now
+            let unsent = c.stream.unsentBytes
+            if unsent <= bound {
+                flow.overSince.removeValue(forKey: id)
+            } else if unsent > 2 * bound {
+                flow.overSince.removeValue(forKey: id)
+                handleSlowConsumer(c)
+            } else if let since = flow.overSince[id] {
+                if now &- since >= config.slowConsumerGraceMs {
+                    flow.overSince.removeValue(forKey: id)
+                    handleSlowConsumer(c)
+                }
+            } else {
+                flow.overSince[id] = now
+                c.stream.lowWater = bound
+                c.stream.requestDrainNotification()
+            }
+        }
+    }
 
     /// A connection went over `ws.max_buffered_bytes`. `close`: an `error` frame with code
     /// `slow_consumer` and the resume positions of every subscription, then Close 1008.
@@ -353,7 +411,9 @@ extension Gateway {
     func handleSlowConsumer(_ c: WebSocketConnection) {
         guard c.isOpen, let session = c.session as? Session else { return }
         let bound = server.settings.maxBufferedBytes
-        if config.slowConsumerPause && c.queuedBytes <= 2 * bound {
+        if config.slowConsumerPause && (!session.paused || c.stream.unsentBytes <= 2 * bound) {
+            // Paused already: only replies add to its queue now, and up to twice the bound
+            // they are allowed; past that the connection is closed like under `close`.
             guard !session.paused else { return }
             session.paused = true
             flow.pauses += 1
@@ -389,6 +449,7 @@ extension Gateway {
     /// The socket of a paused subscriber drained: resume every subscription from its
     /// positions (through the replay lane when it is behind the live feed).
     func resumeDrained(_ c: WebSocketConnection) {
+        flow.overSince.removeValue(forKey: c.id)
         guard c.isOpen, let session = c.session as? Session else { return }
         if !session.paused {
             // Replays parked while the socket was half full.

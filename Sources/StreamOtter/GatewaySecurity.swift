@@ -28,6 +28,8 @@ public struct SecuritySettings {
     public var introspectionClientID: String?
     public var introspectionSecretFile: String?
     public var introspectionTimeoutMs = 5_000
+    /// CA file for an https introspection endpoint (default: the system's trust store).
+    public var introspectionCAFile: String?
     public var auditFile: String?
     public var encryptionKeyFile: String?
     /// Channel patterns whose values are encrypted: exact names, `prefix.*` or `*`.
@@ -85,6 +87,7 @@ public struct SecuritySettings {
         case "auth.introspection.client_id": introspectionClientID = value
         case "auth.introspection.client_secret_file": introspectionSecretFile = value
         case "auth.introspection.timeout_ms": introspectionTimeoutMs = Int(try number(1))
+        case "auth.introspection.ca_file": introspectionCAFile = value
         case "audit.file": auditFile = value
         case "encryption.key_file": encryptionKeyFile = value
         case "encryption.channels": encryptedChannels = list()
@@ -239,40 +242,54 @@ final class GatewayAudit {
         callbackLog?.record(e)
     }
 
-    func auth(_ c: WebSocketConnection, ok: Bool, method: String, reason: String, subject: String?) {
+    func auth(_ c: WebSocketConnection, ok: Bool, method: String, reason: String, subject: String?, status: Int? = nil) {
         guard enabled else { return }
-        record(AuditEvent(kind: ok ? .authSuccess : .authFailure, connectionID: c.id, subject: subject, peer: c.peerAddress,
-                          method: method, reason: reason))
+        record(AuditEvent(kind: ok ? .authSuccess : .authFailure, connectionID: c.id, subject: subject, peer: c.peer,
+                          method: method, reason: reason, status: ok ? 101 : (status ?? 401)))
+    }
+
+    /// A request refused before authentication (origin, limits, malformed, too slow).
+    func refused(_ c: WebSocketConnection, status: Int, reason: String) {
+        guard enabled else { return }
+        record(AuditEvent(kind: status == 403 ? .denied : .limitExceeded, connectionID: c.id, peer: c.peer,
+                          reason: reason, status: status))
     }
 
     func denied(_ c: WebSocketConnection, op: String, channel: String, permission: String) {
         guard enabled else { return }
         record(AuditEvent(kind: .denied, connectionID: c.id, subject: c.identity.subject, roles: c.identity.roles,
-                          peer: c.peerAddress, method: c.identity.method, reason: "\(op) needs \(permission)", channel: channel,
+                          peer: c.peer, method: c.identity.method, reason: "\(op) needs \(permission)", channel: channel,
                           operation: ChannelPermission(rawValue: permission)))
     }
 
     func limit(_ c: WebSocketConnection, reason: String) {
         guard enabled else { return }
-        record(AuditEvent(kind: .limitExceeded, connectionID: c.id, subject: c.identity.subject, peer: c.peerAddress, reason: reason))
+        // One line per connection per 10 s at most: a flooding client must not flood the log.
+        let now = loopStartTime()
+        if let last = lastLimitLine[c.id], now - last < 10_000 { return }
+        lastLimitLine[c.id] = now
+        record(AuditEvent(kind: .limitExceeded, connectionID: c.id, subject: c.identity.subject, peer: c.peer, reason: reason))
     }
 
     func refreshed(_ c: WebSocketConnection, ok: Bool, reason: String) {
         guard enabled else { return }
         record(AuditEvent(kind: ok ? .tokenRefreshed : .authFailure, connectionID: c.id, subject: c.identity.subject,
-                          peer: c.peerAddress, method: c.identity.method, reason: reason))
+                          peer: c.peer, method: c.identity.method, reason: reason))
     }
 
     func opened(_ c: WebSocketConnection) {
         guard enabled else { return }
         record(AuditEvent(kind: .connectionOpen, connectionID: c.id, subject: c.identity.subject, roles: c.identity.roles,
-                          peer: c.peerAddress, method: c.identity.method))
+                          peer: c.peer, method: c.identity.method))
     }
 
+    private var lastLimitLine: [UInt64: Int64] = [:]
+
     func closed(_ c: WebSocketConnection, code: UInt16, reason: String) {
+        lastLimitLine.removeValue(forKey: c.id)
         guard enabled else { return }
         record(AuditEvent(kind: code == 4001 ? .tokenExpired : .connectionClose, connectionID: c.id, subject: c.identity.subject,
-                          peer: c.peerAddress, method: c.identity.method, reason: reason, closeCode: Int(code)))
+                          peer: c.peer, method: c.identity.method, reason: reason.isEmpty ? closeCodeName(code) : reason, closeCode: Int(code)))
     }
 }
 
@@ -288,6 +305,8 @@ struct UncheckedSendable<T>: @unchecked Sendable {
 final class IntrospectionAuthenticator: UpgradeAuthenticator {
     let loop: EventLoop
     let introspector: TokenIntrospector
+    /// Introspection calls wait on another server: they get threads of their own.
+    let executor = BlockingExecutor(threads: 4, capacity: 256)
     let settings: SecuritySettings
     let permissions: ChannelPermissions
     weak var audit: GatewayAudit?
@@ -303,6 +322,7 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
         }
         var conf = TokenIntrospector.Configuration(endpoint: url, clientID: settings.introspectionClientID ?? "", clientSecret: secret)
         conf.timeoutSeconds = Double(settings.introspectionTimeoutMs) / 1000
+        conf.caFile = settings.introspectionCAFile
         do { introspector = try TokenIntrospector(configuration: conf) } catch { throw ConfigError("auth.introspection: \(error)") }
         self.loop = loop
         self.settings = settings
@@ -312,7 +332,7 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
     private func check(_ token: String, _ done: @escaping (Result<Identity, AuthFailure>) -> Void) {
         let introspector = self.introspector
         let permissions = self.permissions
-        loop.runBlocking({ () -> Result<Identity, AuthFailure> in
+        let submitted = executor.submit(on: loop, { () -> Result<Identity, AuthFailure> in
             do {
                 let r = try introspector.introspect(token)
                 guard r.active else { return .failure(AuthFailure(status: 401, message: "token is not active")) }
@@ -324,7 +344,12 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
                 return .failure(AuthFailure(status: 503, message: "introspection failed"))
             }
         }, then: done)
+        if !submitted {
+            done(.failure(AuthFailure(status: 503, message: "too many token checks in progress; retry later")))
+        }
     }
+
+    deinit { executor.stop() }
 
     func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void) {
         guard let token = JWTAuthenticator.token(from: request, settings: settings) else {
@@ -339,7 +364,7 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
                 self?.audit?.auth(c, ok: true, method: "introspection", reason: "ok", subject: id.subject)
                 done(.allow(id))
             case .failure(let f):
-                self?.audit?.auth(c, ok: false, method: "introspection", reason: f.message, subject: nil)
+                self?.audit?.auth(c, ok: false, method: "introspection", reason: f.message, subject: nil, status: f.status)
                 done(.deny(f.status, f.message))
             }
         }
@@ -361,5 +386,23 @@ struct ChannelEncryption {
     let patterns: [String]
     func applies(to channel: String) -> Bool {
         patterns.contains { ChannelPermissions.matches(pattern: $0, channel: channel, subject: "") }
+    }
+}
+
+/// A short name for a close code, for audit lines when the peer gave no reason.
+func closeCodeName(_ code: UInt16) -> String {
+    switch code {
+    case 1000: return "normal closure"
+    case 1001: return "going away"
+    case 1002: return "protocol error"
+    case 1005: return "closed without a code"
+    case 1006: return "connection lost"
+    case 1007: return "invalid payload data"
+    case 1008: return "policy violation"
+    case 1009: return "message too big"
+    case 1011: return "internal error"
+    case 1013: return "try again later"
+    case 4001: return "credential expired"
+    default: return "code \(code)"
     }
 }

@@ -44,6 +44,13 @@ final class TCPStream: TurnFlushable {
     private var pendingMarked = false
     /// Bytes accepted by `write` and not yet written to the kernel.
     private(set) var queuedBytes = 0
+    /// Bytes the kernel has not taken yet: those queued this turn plus what libuv could
+    /// not write at once. Unlike `queuedBytes` it drops as soon as a write completes
+    /// synchronously (the write callback only runs on a later loop iteration), so right
+    /// after a flush it is the real backlog of this socket.
+    var unsentBytes: Int {
+        pending.reduce(0) { $0 + $1.2 } + Int(uv_stream_get_write_queue_size(rawStream(handle)))
+    }
     private var writesInFlight = 0
     private(set) var isClosing = false
     private var closeWhenFlushed = false

@@ -11,6 +11,8 @@ final class ReplayFeed {
     var subscribers: [ChannelSubscription] = []
     var position: Int64
     var bucket: TokenBucket
+    /// When the last subscriber left (the feed closes after `ReplayLane.lingerMs`).
+    var emptySince: UInt64?
     init(tp: TopicPartition, queue: OpaquePointer, position: Int64, bucket: TokenBucket) {
         self.tp = tp
         self.queue = queue
@@ -34,6 +36,8 @@ final class ReplayLane {
     static let tickMs: UInt64 = 10
     /// Most messages taken from one partition per tick when the rate is unlimited.
     static let tickBudget = 4096
+    /// How long a replay feed with no subscribers stays assigned.
+    static let lingerMs: UInt64 = 1_000
 
     static let consumerDefaults: [(String, String)] = [
         ("client.id", "streamotter-replay"),

@@ -73,10 +73,13 @@ protocol WebSocketServerDelegate: AnyObject {
     func connectionDrained(_ c: WebSocketConnection)
     /// The connection's credential expires soon (warning time reached).
     func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64)
+    func upgradeRefused(_ c: WebSocketConnection, status: Int, reason: String)
 }
 
 extension WebSocketServerDelegate {
     func credentialExpiring(_ c: WebSocketConnection, expiresAtMs: Int64) {}
+    /// An upgrade (or request) refused before authentication: limits, origin, malformed.
+    func upgradeRefused(_ c: WebSocketConnection, status: Int, reason: String) {}
 }
 
 /// One server-side WebSocket: HTTP upgrade, then RFC 6455 frames. Loop thread only.
@@ -252,6 +255,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         case .handshake, .authorizing:
             if now &- acceptedAt >= s.handshakeTimeoutMs {
                 server.metrics.handshakeTimeouts += 1
+                server.delegate?.upgradeRefused(self, status: 408, reason: "handshake timeout")
                 state = .closed
                 stream.write(WebSocketHandshake.simpleResponse(status: 408, reason: "Request Timeout", body: "handshake timeout\n"))
                 stream.closeAfterWrites()
@@ -292,7 +296,8 @@ final class WebSocketConnection: TCPStreamDelegate {
     var needsSweep: Bool {
         switch state {
         case .handshake, .authorizing, .closing: return true
-        case .open: return server.settings.pingIntervalMs > 0 || server.settings.idleTimeoutMs > 0
+        case .open:
+            return server.settings.pingIntervalMs > 0 || server.settings.idleTimeoutMs > 0 || identity.expiresAtMs != nil
         case .closed: return false
         }
     }
@@ -412,6 +417,7 @@ final class WebSocketConnection: TCPStreamDelegate {
     }
 
     private func respondAndClose(status: Int, reason: String, body: String) {
+        server.delegate?.upgradeRefused(self, status: status, reason: body.trimmingSpaces.withoutTrailingNewline)
         state = .closed
         head = []
         stream.write(WebSocketHandshake.simpleResponse(status: status, reason: reason, body: body))
@@ -638,5 +644,13 @@ final class WebSocketServer {
         sweepTimer = nil
         reloadTimer?.close()
         reloadTimer = nil
+    }
+}
+
+extension String {
+    var withoutTrailingNewline: String {
+        var s = Substring(self)
+        while let l = s.last, l == "\n" || l == "\r" { s = s.dropLast() }
+        return String(s)
     }
 }

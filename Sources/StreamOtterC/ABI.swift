@@ -17,6 +17,7 @@ let statusTable: [(Int32, String, String)] = [
     (-8, "SOT_ERR_NOT_FOUND", "no such connection or object (unknown or closed)"),
     (-9, "SOT_ERR_IN_CALLBACK", "not allowed from inside one of the engine's callbacks"),
     (-10, "SOT_ERR_BAD_HANDLE", "not a live handle (already destroyed)"),
+    (-11, "SOT_ERR_REFUSED", "the gateway or Kafka refused the request (see its code)"),
 ]
 
 /// C strings for the table, allocated once and never freed (static storage for C).

@@ -41,18 +41,18 @@ final class ClientHandle {
     func wire() {
         let opaque = self.opaque
         if let cb = cbs?.on_open {
-            client.onOpen = { [unowned self] proto in emit { withOptionalCString(proto) { cb(opaque, $0) } } }
+            client.onOpen = { [weak self] proto in self?.emit { withOptionalCString(proto) { cb(opaque, $0) } } }
         }
         if let cb = cbs?.on_message {
-            client.onMessage = { [unowned self] text, data in
-                emit { data.withUnsafeBytes { cb(opaque, text ? 1 : 0, $0.baseAddress, $0.count) } }
+            client.onMessage = { [weak self] text, data in
+                self?.emit { data.withUnsafeBytes { cb(opaque, text ? 1 : 0, $0.baseAddress, $0.count) } }
             }
         }
         if let cb = cbs?.on_close {
-            client.onClose = { [unowned self] code, reason in emit { reason.withCString { cb(opaque, Int32(code), $0) } } }
+            client.onClose = { [weak self] code, reason in self?.emit { reason.withCString { cb(opaque, Int32(code), $0) } } }
         }
         if let cb = cbs?.on_error {
-            client.onError = { [unowned self] e in emit { e.code.withCString { c in e.message.withCString { cb(opaque, c, $0) } } } }
+            client.onError = { [weak self] e in self?.emit { e.code.withCString { c in e.message.withCString { cb(opaque, c, $0) } } } }
         }
     }
 }
@@ -126,7 +126,7 @@ public func sot_client_publish(_ c: OpaquePointer?, _ channel: UnsafePointer<CCh
             switch result {
             case .success(let a): cb(opaque, 0, nil, nil, a.partition, a.offset)
             case .failure(let e):
-                e.code.withCString { code in e.message.withCString { cb(opaque, -8, code, $0, -1, -1) } }
+                e.code.withCString { code in e.message.withCString { cb(opaque, -11, code, $0, -1, -1) } }
             }
         }
     }
@@ -157,7 +157,7 @@ public func sot_client_subscribe(_ c: OpaquePointer?, _ channel: UnsafePointer<C
 func deliverResult(_ r: Result<Void, ClientError>, _ cb: sot_result_cb, _ opaque: UnsafeMutableRawPointer?) {
     switch r {
     case .success: cb(opaque, 0, nil, nil)
-    case .failure(let e): e.code.withCString { c in e.message.withCString { cb(opaque, -8, c, $0) } }
+    case .failure(let e): e.code.withCString { c in e.message.withCString { cb(opaque, -11, c, $0) } }
     }
 }
 

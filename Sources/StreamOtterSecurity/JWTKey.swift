@@ -57,9 +57,16 @@ public struct JWTKey: Sendable {
     /// Keys from PEM text (each `PUBLIC KEY` or `CERTIFICATE` block becomes one key with the
     /// same id and algorithms). With `algorithms` nil, every algorithm compatible with the
     /// key type is allowed (for RSA: RS256, RS384, RS512, PS256).
+    /// `algorithms` (when given) is an allow-list shared by several keys: each key gets
+    /// the part of it that fits its type, and a key for which nothing fits is refused.
     public static func fromPEM(_ pem: String, id: String?, algorithms: Set<JWTAlgorithm>? = nil) throws -> [JWTKey] {
         try PublicKey.all(pem: pem).map { key in
-            try JWTKey(id: id, algorithms: algorithms ?? JWTAlgorithm.compatible(with: key.kind), material: .publicKey(key))
+            let fitting = JWTAlgorithm.compatible(with: key.kind)
+            let allowed = algorithms.map { $0.intersection(fitting) } ?? fitting
+            guard !allowed.isEmpty else {
+                throw SecurityConfigError("key \(id ?? "(no kid)"): none of the allowed algorithms fits a \(key.kind) key")
+            }
+            return try JWTKey(id: id, algorithms: allowed, material: .publicKey(key))
         }
     }
 

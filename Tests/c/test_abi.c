@@ -20,7 +20,7 @@ static void test_version_and_errors(void) {
     CHECK(strcmp(sot_err_name(SOT_ERR_CONFIG), "SOT_ERR_CONFIG") == 0);
     CHECK(strcmp(sot_err_name(-9999), "SOT_ERR_UNKNOWN") == 0);
     CHECK(strlen(sot_strerror(SOT_ERR_IO)) > 0);
-    CHECK(sot_err_count() == 11);
+    CHECK(sot_err_count() == 12);
     int seen_internal = 0;
     for (int i = 0; i < sot_err_count(); i++)
         if (sot_err_code_at(i) == SOT_ERR_INTERNAL) seen_internal = 1;

