@@ -12,7 +12,7 @@ sections=[('Version and errors',['sot_version','sot_version_number','sot_err_nam
 ('Configuration',['sot_conf_new','sot_conf_set','sot_conf_get','sot_conf_destroy']),
 ('Engine',['sot_engine_new','sot_engine_start','sot_engine_stop','sot_engine_port','sot_engine_bootstrap_servers','sot_engine_destroy','sot_engine_fd','sot_engine_poll','sot_runtime_info']),
 ('Gateway connections',['sot_engine_set_server_callbacks','sot_conn_send','sot_conn_close','sot_engine_publish']),
-('Authentication and audit',['sot_engine_set_auth_callback','sot_auth_allow','sot_auth_deny','sot_engine_set_audit_callback']),
+('Authentication, audit and encryption keys',['sot_engine_set_auth_callback','sot_auth_allow','sot_auth_deny','sot_engine_set_audit_callback','sot_engine_set_key_provider']),
 ('WebSocket client',['sot_client_new','sot_client_start','sot_client_send','sot_client_publish','sot_client_subscribe','sot_client_unsubscribe','sot_client_get_health','sot_client_close','sot_client_destroy']),
 ('Kafka consumer',['sot_consumer_new','sot_consumer_subscribe','sot_consumer_assign','sot_consumer_seek','sot_consumer_seek_time','sot_consumer_commit','sot_consumer_destroy'])]
 byname={n:(d,doc) for n,d,doc in out}

@@ -291,6 +291,22 @@ typedef void (*sot_audit_cb)(void *opaque, const char *json);
  *  (SOT_ERR_STATE afterwards). */
 SOT_API int sot_engine_set_audit_callback(sot_engine *engine, sot_audit_cb cb, void *opaque);
 
+/** Supplies message-encryption keys (AES-256-GCM of record values on the channels that
+ *  match "encryption.channels", default all). To encrypt, the engine calls it with
+ *  `key_id` NULL and the record's `channel`: write the active key's id (NUL-terminated,
+ *  [A-Za-z0-9._-]{1,64}) into `out_key_id` and its 32 bytes into `out_key`. To decrypt,
+ *  `key_id` names the key (from the record's streamotter-key-id header) and `channel` is
+ *  NULL. Return 0 on success, non-zero when there is no such key (encryption then fails
+ *  with "encryption_failed", decryption with "decrypt_failed"). Called on the engine's
+ *  thread in both callback modes, for every record: it must be fast, must not block and
+ *  must be thread-safe. */
+typedef int (*sot_key_cb)(void *opaque, const char *key_id, const char *channel,
+                          unsigned char out_key[32], char *out_key_id, size_t out_key_id_size);
+
+/** Sets the key provider; it replaces "encryption.key_file" when both are given. Before
+ *  sot_engine_start (SOT_ERR_STATE afterwards). */
+SOT_API int sot_engine_set_key_provider(sot_engine *engine, sot_key_cb cb, void *opaque);
+
 /* ---------------------------------------------------------------------------------- */
 /* WebSocket client (streamotter.v1, with reconnection)                                 */
 

@@ -52,6 +52,9 @@ public final class Engine {
     public var authHandler: ((AuthRequest, @escaping (AuthAnswer) -> Void) -> Void)?
     /// Receives every audit event as a JSON line (set before start; loop thread).
     public var auditHandler: ((String) -> Void)?
+    /// Message-encryption keys: (key id or nil for the active key, channel or nil) ->
+    /// (key id, 32 key bytes). Set before start; called on the loop thread per record.
+    public var keyProvider: (@Sendable (String?, String?) -> (String, [UInt8])?)?
     private var cond = pthread_cond_t()
 
     /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
@@ -145,7 +148,8 @@ public final class Engine {
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
             g.kafkaDescription = embedded != nil ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
-            try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) })
+            try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) },
+                                    keyProvider: keyProvider)
             g.audit.sink = auditHandler
             gateway = g
             s.delegate = g

@@ -105,10 +105,15 @@ final class Gateway: WebSocketServerDelegate {
     private var encryptionReloadTimer: LoopTimer?
 
     /// Sets up authentication, permissions and audit from the configuration.
-    func configureSecurity(customAuth: UpgradeAuthenticator?) throws {
+    func configureSecurity(customAuth: UpgradeAuthenticator?,
+                           keyProvider: (@Sendable (String?, String?) -> (String, [UInt8])?)? = nil) throws {
         let sec = config.security
         audit = try GatewayAudit(path: sec.auditFile)
-        if let f = sec.encryptionKeyFile {
+        if let keyProvider {
+            let cipher = MessageCipher(activeKey: { channel in keyProvider(nil, channel) },
+                                       key: { id in keyProvider(id, nil).map { $0.1 } })
+            encryption = ChannelEncryption(cipher: cipher, keyRing: nil, patterns: sec.encryptedChannels)
+        } else if let f = sec.encryptionKeyFile {
             do {
                 let ring = try MessageKeyRing(contentsOfFile: f)
                 encryption = ChannelEncryption(cipher: MessageCipher(keyRing: ring), keyRing: ring, patterns: sec.encryptedChannels)

@@ -382,7 +382,8 @@ extension String {
 /// Which channels are encrypted, and with what.
 struct ChannelEncryption {
     let cipher: MessageCipher
-    let keyRing: MessageKeyRing
+    /// The key file's ring (nil with a key provider).
+    let keyRing: MessageKeyRing?
     let patterns: [String]
     func applies(to channel: String) -> Bool {
         patterns.contains { ChannelPermissions.matches(pattern: $0, channel: channel, subject: "") }

@@ -62,6 +62,63 @@ static sot_client *client(sot_engine *ce, const char *user) {
     return cl;
 }
 
+/* Key provider: one fixed key "kp1" for every channel. */
+static atomic_int key_calls;
+static int key_cb(void *o, const char *key_id, const char *channel, unsigned char out[32], char *out_id, size_t n) {
+    (void)o; (void)channel;
+    atomic_fetch_add(&key_calls, 1);
+    if (key_id && strcmp(key_id, "kp1") != 0) return 1;
+    for (int i = 0; i < 32; i++) out[i] = (unsigned char)(i * 7 + 3);
+    if (!key_id) snprintf(out_id, n, "kp1");
+    return 0;
+}
+static atomic_int plain_msgs, raw_records, raw_cipher;
+static void enc_on_msg(void *o, const sot_message *m) {
+    (void)o;
+    if (m->data && strstr(m->data, "top secret")) atomic_fetch_add(&plain_msgs, 1);
+}
+static void enc_on_sub(void *o, int st, const char *c, const char *m) { (void)o; (void)c; (void)m; if (st == SOT_OK) atomic_fetch_add(&opened, 100); }
+static void enc_on_record(void *o, const sot_record *r) {
+    (void)o;
+    atomic_fetch_add(&raw_records, 1);
+    int has_kid = 0;
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (strcmp(r->headers[i].name, "streamotter-key-id") == 0 && r->headers[i].value_len == 3) has_kid = 1;
+    if (has_kid && r->value && !memmem(r->value, r->value_len, "top secret", 10)) atomic_fetch_add(&raw_cipher, 1);
+}
+
+static void test_key_provider(void) {
+    char err[256];
+    sot_conf *c = sot_conf_new();
+    sot_conf_set(c, "listen", "127.0.0.1:0", err, sizeof err);
+    sot_conf_set(c, "embedded.brokers", "1", err, sizeof err);
+    sot_conf_set(c, "embedded.topics", "vault:1", err, sizeof err);
+    sot_conf_set(c, "encryption.channels", "vault", err, sizeof err);
+    sot_engine *e = sot_engine_new(c, err, sizeof err);
+    sot_conf_destroy(c);
+    CHECK(sot_engine_set_key_provider(e, key_cb, NULL) == SOT_OK);
+    CHECK(sot_engine_start(e) == SOT_OK);
+    CHECK(sot_engine_set_key_provider(e, key_cb, NULL) == SOT_ERR_STATE);
+    char url[128];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/", sot_engine_port(e));
+    atomic_store(&opened, 0);
+    sot_client *cl = sot_client_new(e, url, NULL, NULL, NULL, err, sizeof err);
+    sot_client_start(cl);
+    sot_client_subscribe(cl, "vault", NULL, enc_on_msg, enc_on_sub, NULL);
+    WAIT_FOR(atomic_load(&opened) >= 100, 5);
+    for (int i = 0; i < 5; i++) sot_client_publish(cl, "vault", NULL, "{\"note\":\"top secret\"}", NULL, NULL);
+    WAIT_FOR(atomic_load(&plain_msgs) == 5, 10);
+    CHECK(atomic_load(&plain_msgs) == 5);           /* subscribers read plaintext */
+    sot_consumer *kc = sot_consumer_new(e, NULL, enc_on_record, NULL, err, sizeof err);
+    CHECK(sot_consumer_assign(kc, "vault", 0, SOT_OFFSET_BEGINNING) == SOT_OK);
+    WAIT_FOR(atomic_load(&raw_records) == 5, 10);
+    CHECK(atomic_load(&raw_cipher) == 5);           /* Kafka holds only ciphertext */
+    CHECK(atomic_load(&key_calls) >= 10);           /* 5 seals + 5 opens */
+    sot_consumer_destroy(kc);
+    sot_client_destroy(cl);
+    sot_engine_destroy(e);
+}
+
 int main(void) {
     char err[256];
     sot_conf *c = sot_conf_new();
@@ -112,5 +169,6 @@ int main(void) {
     sot_client_destroy(brief);
     sot_engine_destroy(ce);
     sot_engine_destroy(gw);
+    test_key_provider();
     return report();
 }
