@@ -6,12 +6,10 @@ PREFIX ?= /usr/local
 SWIFT ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 LISTEN ?= 127.0.0.1:8080
 BUILD := build
-APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl valgrind
-PIP_PACKAGES := websockets confluent-kafka pytest
+APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl valgrind openssl
+PIP_PACKAGES := websockets confluent-kafka pytest cryptography
 
-.PHONY: all deps build run test test-swift test-c test-e2e install clean
-.PHONY: node-addon test-node
-.PHONY: test-python
+.PHONY: all deps build run test test-swift test-c test-e2e test-python test-node node-addon install clean
 
 all: build
 
@@ -23,7 +21,7 @@ deps:
 	  echo "installing:$$missing"; SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
-	@python3 -c "import websockets, confluent_kafka, pytest" 2>/dev/null || python3 -m pip install -q $(PIP_PACKAGES)
+	@python3 -c "import websockets, confluent_kafka, pytest, cryptography" 2>/dev/null || python3 -m pip install -q $(PIP_PACKAGES)
 
 build: deps
 	$(SWIFT) build -c release --static-swift-stdlib
@@ -38,7 +36,7 @@ build: deps
 run: build
 	$(BUILD)/bin/streamotter serve --listen $(LISTEN)
 
-test: build test-swift test-c test-e2e
+test: build test-swift test-c test-e2e test-python test-node
 
 test-swift: deps
 	$(SWIFT) test
