@@ -8,7 +8,7 @@ for m in re.finditer(r'(/\*\*(?:(?!\*/).)*\*/)\s*\n((?:SOT_API[^;]*;\s*)+)', src
     for decl in re.findall(r'SOT_API[^;]*;', m.group(2)):
         name=re.search(r'(sot_[a-z0-9_]+)\s*\(', decl).group(1)
         out.append((name,' '.join(decl.split()).replace('SOT_API ',''),doc))
-sections=[('Version and errors',['sot_version','sot_version_number','sot_err_name','sot_strerror','sot_err_count','sot_err_code_at','sot_last_error']),
+sections=[('Version and errors',['sot_version','sot_version_number','sot_err_name','sot_strerror','sot_err_count','sot_err_code_at','sot_last_error','sot_last_status']),
 ('Configuration',['sot_conf_new','sot_conf_set','sot_conf_get','sot_conf_destroy']),
 ('Engine',['sot_engine_new','sot_engine_start','sot_engine_stop','sot_engine_port','sot_engine_bootstrap_servers','sot_engine_destroy','sot_engine_fd','sot_engine_poll','sot_runtime_info']),
 ('Gateway connections',['sot_engine_set_server_callbacks','sot_conn_send','sot_conn_close','sot_engine_publish']),

@@ -115,6 +115,11 @@ SOT_API int sot_err_code_at(int index);
  *  the next call into the library on this thread. */
 SOT_API const char *sot_last_error(void);
 
+/** The status code of the last failing call on the calling thread (0 if none): for the
+ *  functions that return a handle or NULL (sot_engine_new, sot_client_new,
+ *  sot_consumer_new) and those that return void (destroy). */
+SOT_API int sot_last_status(void);
+
 /* ---------------------------------------------------------------------------------- */
 /* Configuration                                                                       */
 

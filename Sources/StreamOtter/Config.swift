@@ -68,7 +68,7 @@ public struct EngineConfig {
     }
 
     public static let knownKeys = [
-        "listen", "reuseport", "mode", "callbacks", "gateway.protocol", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
+        "listen", "reuseport", "mode", "log.level", "callbacks", "gateway.protocol", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
@@ -99,6 +99,11 @@ public struct EngineConfig {
         switch key {
         case "listen":
             (listenHost, listenPort) = try EngineConfig.parseHostPort(value)
+        case "log.level":
+            guard ["debug", "info", "warn", "error", "off"].contains(value) else {
+                throw ConfigError("log.level: expected debug, info, warn, error or off, got '\(value)'")
+            }
+            Log.level = value
         case "mode":
             guard ["gateway", "echo", "client"].contains(value) else {
                 throw ConfigError("mode: expected gateway, echo or client, got '\(value)'")

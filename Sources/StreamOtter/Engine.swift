@@ -136,6 +136,10 @@ public final class Engine {
             embedded = e
             for (name, n) in cfg.embeddedTopics { try e.createTopic(name, partitions: n) }
             cfg.kafka.insert(("bootstrap.servers", e.bootstrapServers), at: 0)
+            // The mock cluster holds an empty fetch for the whole fetch.wait.max.ms even
+            // when records arrive (a real broker answers as soon as there is data): keep
+            // the wait short so deliveries are not delayed by up to 500 ms.
+            cfg.kafkaConsumer.insert(("fetch.wait.max.ms", "5"), at: 0)
         }
         bootstrapServers = cfg.kafka.last { $0.0 == "bootstrap.servers" || $0.0 == "metadata.broker.list" }?.1 ?? ""
         do {

@@ -150,8 +150,13 @@ public final class KafkaConsumer {
         guard list.pointee.cnt > 0 else { throw StreamOtterError(.state, "no partition of '\(topic)' is assigned") }
         let r = rd_kafka_offsets_for_times(rk, list, 10_000)
         if r != RD_KAFKA_RESP_ERR_NO_ERROR { throw StreamOtterError(.kafka, KafkaError(r).description) }
+        // No record at or after the time: the end, resolved now to an absolute offset (a
+        // logical end resolved later would skip a record produced in between).
         for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].offset < 0 {
-            list.pointee.elems[i].offset = Int64(RD_KAFKA_OFFSET_END)
+            var lo: Int64 = 0, hi: Int64 = 0
+            let e = list.pointee.elems[i]
+            let r = rd_kafka_query_watermark_offsets(rk, e.topic, e.partition, &lo, &hi, 10_000)
+            list.pointee.elems[i].offset = r == RD_KAFKA_RESP_ERR_NO_ERROR ? hi : Int64(RD_KAFKA_OFFSET_END)
         }
         try check(rd_kafka_seek_partitions(rk, list, 5000))
     }

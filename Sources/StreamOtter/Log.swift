@@ -3,9 +3,10 @@ import StreamOtterCore
 
 /// Structured log events: one JSON object per line on stderr.
 public enum Log {
-    /// Minimum level printed: "debug", "info", "warn", "error". Set before starting engines.
+    /// Minimum level printed: "debug", "info", "warn", "error", or "off". Process-wide
+    /// (config key `log.level`); set before starting engines.
     nonisolated(unsafe) public static var level = "info"
-    private static let order = ["debug": 0, "info": 1, "warn": 2, "error": 3]
+    private static let order = ["debug": 0, "info": 1, "warn": 2, "error": 3, "off": 4]
 
     public static func event(_ level: String, _ name: String, _ fields: [String: String] = [:]) {
         guard (order[level] ?? 1) >= (order[Log.level] ?? 1) else { return }

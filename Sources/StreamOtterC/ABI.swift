@@ -36,14 +36,27 @@ let lastErrorKey: pthread_key_t = {
 }()
 let emptyString = strdup("")!
 
-func setLastError(_ msg: String) {
+let lastStatusKey: pthread_key_t = {
+    var k = pthread_key_t()
+    pthread_key_create(&k, nil)
+    return k
+}()
+
+func setLastError(_ msg: String, status: Int32 = -7) {
     free(pthread_getspecific(lastErrorKey))
     pthread_setspecific(lastErrorKey, strdup(msg))
+    pthread_setspecific(lastStatusKey, UnsafeMutableRawPointer(bitPattern: Int(status) & 0xffff_ffff))
 }
 
 func fail(_ code: Int32, _ msg: String) -> Int32 {
-    setLastError(msg)
+    setLastError(msg, status: code)
     return code
+}
+
+@_cdecl("sot_last_status")
+public func sot_last_status() -> Int32 {
+    guard let p = pthread_getspecific(lastStatusKey) else { return 0 }
+    return Int32(truncatingIfNeeded: Int(bitPattern: p))
 }
 
 func copyOut(_ s: String, _ dest: UnsafeMutablePointer<CChar>?, _ size: Int) {

@@ -65,7 +65,7 @@ public func sot_client_new(_ e: OpaquePointer?, _ url: UnsafePointer<CChar>?, _ 
                            _ errstr: UnsafeMutablePointer<CChar>?, _ errsize: Int) -> OpaquePointer? {
     func refuse(_ code: Int32, _ msg: String) -> OpaquePointer? {
         copyOut(msg, errstr, errsize)
-        setLastError(msg)
+        setLastError(msg, status: code)
         return nil
     }
     guard let eh = engineHandle(e) else { return refuse(-10, "not a live engine handle") }
@@ -224,7 +224,7 @@ public func sot_client_close(_ c: OpaquePointer?, _ code: Int32, _ reason: Unsaf
 public func sot_client_destroy(_ c: OpaquePointer?) {
     guard let c else { return }
     guard let h = clientHandle(c), Registry.remove(UnsafeRawPointer(c)) else {
-        setLastError("sot_client_destroy: not a live client handle (destroyed twice?)")
+        setLastError("sot_client_destroy: not a live client handle (destroyed twice?)", status: -10)
         return
     }
     h.client.close(code: 1000, reason: "")

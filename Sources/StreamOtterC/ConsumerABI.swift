@@ -16,14 +16,14 @@ func consumerHandle(_ p: OpaquePointer?) -> ConsumerHandle? { lookup(p, Consumer
 @_cdecl("sot_consumer_new")
 public func sot_consumer_new(_ e: OpaquePointer?, _ conf: OpaquePointer?, _ cb: sot_record_cb?, _ opaque: UnsafeMutableRawPointer?,
                              _ errstr: UnsafeMutablePointer<CChar>?, _ errsize: Int) -> OpaquePointer? {
-    func refuse(_ msg: String) -> OpaquePointer? {
+    func refuse(_ msg: String, _ code: Int32 = -2) -> OpaquePointer? {
         copyOut(msg, errstr, errsize)
-        setLastError(msg)
+        setLastError(msg, status: code)
         return nil
     }
-    guard let eh = engineHandle(e) else { return refuse("not a live engine handle") }
-    guard let cb else { return refuse("the record callback must not be NULL") }
-    guard eh.started, !eh.stopped else { return refuse("the engine is not running") }
+    guard let eh = engineHandle(e) else { return refuse("not a live engine handle", -10) }
+    guard let cb else { return refuse("the record callback must not be NULL", -1) }
+    guard eh.started, !eh.stopped else { return refuse("the engine is not running", -3) }
     var props: [(String, String)] = []
     if let conf {
         let ch = Unmanaged<ConfHandle>.fromOpaque(UnsafeRawPointer(conf)).takeUnretainedValue()
@@ -41,7 +41,7 @@ public func sot_consumer_new(_ e: OpaquePointer?, _ conf: OpaquePointer?, _ cb: 
                 deliverRecord(r, cb, opaque)
             }
         })
-    } catch { return refuse("\(error)") }
+    } catch { return refuse("\(error)", code(for: error)) }
     let p = Unmanaged.passRetained(h).toOpaque()
     Registry.add(p)
     pthread_mutex_lock(&eh.childMutex)
@@ -116,11 +116,11 @@ public func sot_consumer_commit(_ c: OpaquePointer?) -> Int32 {
 public func sot_consumer_destroy(_ c: OpaquePointer?) {
     guard let c else { return }
     guard let h = consumerHandle(c) else {
-        setLastError("sot_consumer_destroy: not a live consumer handle (destroyed twice?)")
+        setLastError("sot_consumer_destroy: not a live consumer handle (destroyed twice?)", status: -10)
         return
     }
     if h.engine.engine.isLoopThread && !h.engine.dispatcher.pollMode {
-        setLastError("sot_consumer_destroy cannot run inside the engine's callbacks")
+        setLastError("sot_consumer_destroy cannot run inside the engine's callbacks", status: -9)
         return
     }
     guard Registry.remove(UnsafeRawPointer(c)) else { return }

@@ -16,7 +16,7 @@ public func sot_engine_new(_ conf: OpaquePointer?, _ errstr: UnsafeMutablePointe
             for (k, v) in h.entries where !ClientConfig.isClientKey(k) { try config.set(k, v) }
         } catch {
             copyOut("\(error)", errstr, errsize)
-            setLastError("\(error)")
+            setLastError("\(error)", status: -2)
             return nil
         }
     }
@@ -102,7 +102,7 @@ public func sot_engine_bootstrap_servers(_ e: OpaquePointer?) -> UnsafePointer<C
 public func sot_engine_destroy(_ e: OpaquePointer?) {
     guard let e else { return }
     guard let h = engineHandle(e) else {
-        setLastError("sot_engine_destroy: not a live engine handle (destroyed twice?)")
+        setLastError("sot_engine_destroy: not a live engine handle (destroyed twice?)", status: -10)
         return
     }
     if currentCallbackEngine() === h {

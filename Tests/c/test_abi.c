@@ -38,6 +38,7 @@ static void test_conf(void) {
     CHECK(sot_conf_set(c, "ws.max_frame_size", "lots", err, sizeof err) == SOT_ERR_CONFIG);
     CHECK(strstr(err, "ws.max_frame_size") != NULL);
     CHECK(sot_conf_set(c, NULL, "x", err, sizeof err) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_last_status() == SOT_ERR_INVALID_ARG);
     CHECK(sot_conf_set(NULL, "listen", "x", NULL, 0) == SOT_ERR_INVALID_ARG);
     char small[4];
     CHECK(sot_conf_set(c, "listen", "bad", small, sizeof small) == SOT_ERR_CONFIG);
@@ -106,6 +107,8 @@ static void test_engine(void) {
     CHECK(http_get(port, "/healthz", resp, sizeof resp) < 0); /* no longer listening */
     sot_engine_destroy(e);
     sot_engine_destroy(NULL);
+    sot_engine_destroy(e); /* twice: ignored, reported */
+    CHECK(sot_last_status() == SOT_ERR_BAD_HANDLE);
 }
 
 static void test_destroy_running(void) {
