@@ -111,6 +111,9 @@ delivery_cb = CFUNCTYPE(None, c_void_p, c_int, c_char_p, c_char_p, c_int32, c_in
 # Custom authentication of upgrades, audit events
 auth_cb = CFUNCTYPE(None, c_void_p, c_uint64, c_char_p, POINTER(sot_header), c_size_t, c_char_p, c_char_p)
 audit_cb = CFUNCTYPE(None, c_void_p, c_char_p)
+# int (*)(void *opaque, const char *key_id, const char *channel, unsigned char out_key[32],
+#         char *out_key_id, size_t out_key_id_size)
+key_cb = CFUNCTYPE(c_int, c_void_p, c_char_p, c_char_p, POINTER(ctypes.c_ubyte), POINTER(ctypes.c_char), c_size_t)
 
 # Client callbacks
 client_on_open_cb = CFUNCTYPE(None, c_void_p, c_char_p)
@@ -191,6 +194,7 @@ FUNCTIONS: dict[str, tuple[object, list]] = {
     "sot_err_count": (c_int, []),
     "sot_err_code_at": (c_int, [c_int]),
     "sot_last_error": (c_char_p, []),
+    "sot_last_status": (c_int, []),
     # configuration
     "sot_conf_new": (conf_p, []),
     "sot_conf_set": (c_int, [conf_p, c_char_p, c_char_p, c_char_p, c_size_t]),
@@ -220,6 +224,7 @@ FUNCTIONS: dict[str, tuple[object, list]] = {
     "sot_auth_allow": (c_int, [engine_p, c_uint64, c_char_p, c_char_p, c_int64]),
     "sot_auth_deny": (c_int, [engine_p, c_uint64, c_int, c_char_p]),
     "sot_engine_set_audit_callback": (c_int, [engine_p, audit_cb, c_void_p]),
+    "sot_engine_set_key_provider": (c_int, [engine_p, key_cb, c_void_p]),
     # WebSocket client
     "sot_client_new": (
         client_p,

@@ -293,6 +293,7 @@ class Engine:
         on_close: Callable[[int, int, str], None] | None = None,
         on_auth: "Callable[[AuthRequest], bool | None] | None" = None,
         on_audit: Callable[[dict], None] | None = None,
+        key_provider: "Callable[[str | None, str | None], tuple[str, bytes] | None] | None" = None,
         on_callback_error: Callable[[BaseException], object] | None = None,
         start: bool = True,
     ):
@@ -314,6 +315,8 @@ class Engine:
                 self.set_auth_callback(on_auth)
             if on_audit is not None:
                 self.set_audit_callback(on_audit)
+            if key_provider is not None:
+                self.set_key_provider(key_provider)
             if start:
                 self.start()
         except BaseException:
@@ -380,6 +383,45 @@ class Engine:
         old, self._audit = self._audit, entry
         if old is not None:
             old.release()
+
+    def set_key_provider(self, provider: "Callable[[str | None, str | None], tuple[str, bytes] | None]") -> None:
+        """Supplies message-encryption keys (before start()), instead of encryption.key_file.
+        `provider(key_id, channel)`: to encrypt, key_id is None and channel names the
+        channel: return (active key id, 32 key bytes); to decrypt, key_id names the key and
+        channel is None: return (key_id, 32 bytes). Return None when there is no such key.
+        It runs on the engine's thread for every record (in both callback modes): keep it
+        fast and thread-safe. An exception counts as "no key" and is reported like other
+        callback errors."""
+        h = self._h()
+        st = self._st
+
+        def trampoline(opaque, key_id, channel, out_key, out_id, out_id_size):
+            try:
+                got = provider(None if key_id is None else key_id.decode(),
+                               None if channel is None else channel.decode())
+                if got is None:
+                    return 1
+                kid, key = got
+                key = bytes(key)
+                kid_b = kid.encode()
+                if len(key) != 32 or not kid_b or len(kid_b) >= out_id_size:
+                    return 1
+                ctypes.memmove(out_key, key, 32)
+                if key_id is None:
+                    ctypes.memmove(out_id, kid_b + b"\0", len(kid_b) + 1)
+                return 0
+            except BaseException as e:  # never let an exception cross into C
+                try:
+                    st.callback_failed(e, "key_provider")
+                except Exception:
+                    pass
+                return 1
+
+        cb = _ffi.key_cb(trampoline)
+        rc = lib.sot_engine_set_key_provider(h, cb, None)
+        if rc < 0:
+            raise error_for(rc)
+        self._key_cb = cb  # C holds it until the engine is destroyed
 
     def auth_allow(self, request: int, subject: str | None = None, roles=None, expires_at=None) -> None:
         """Answers upgrade `request` (AuthRequest.id) with allow; see AuthRequest.allow."""

@@ -81,3 +81,50 @@ def test_auth_callback_must_be_set_before_start():
             e.set_auth_callback(lambda r: True)
         with pytest.raises(so.StateError):
             e.set_audit_callback(print)
+
+
+def test_key_provider_encrypts_in_kafka_and_decrypts_for_subscribers(tmp_path):
+    """The engine asks the Python key provider for keys: Kafka holds ciphertext under the
+    key id header, subscribers read plaintext."""
+    import threading
+    calls = []
+    key = bytes(range(32))
+
+    def provider(key_id, channel):
+        calls.append((key_id, channel))
+        if key_id in (None, "py1"):
+            return ("py1", key)
+        return None
+
+    with so.Engine({"listen": "127.0.0.1:0", "embedded.brokers": "1",
+                             "embedded.topics": "pyvault:1", "encryption.channels": "pyvault"},
+                   key_provider=provider) as eng:
+        got = []
+        done = threading.Event()
+        with eng.client(f"ws://127.0.0.1:{eng.port}/") as c:
+            def on_msg(m):
+                got.append(m)
+                if len(got) == 3:
+                    done.set()
+            c.subscribe("pyvault", on_msg).result(10)
+            for i in range(3):
+                c.publish("pyvault", {"secret": "hush", "n": i}).result(10)
+            assert done.wait(10)
+        assert all(m.value["secret"] == "hush" for m in got)
+        raw = []
+        rdone = threading.Event()
+
+        def on_rec(r):
+            raw.append(r)
+            if len(raw) == 3:
+                rdone.set()
+        cons = eng.consumer({}, on_rec)
+        try:
+            cons.assign("pyvault", 0)
+            assert rdone.wait(10)
+        finally:
+            cons.close()
+        for r in raw:
+            assert b"hush" not in r.value
+            assert dict(r.headers).get("streamotter-key-id") in (b"py1", "py1")
+    assert (None, "pyvault") in calls and ("py1", None) in calls
