@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 SWIFT ?= $(shell command -v swift || echo /opt/swift/usr/bin/swift)
 LISTEN ?= 127.0.0.1:8080
+# Topics `make run` creates on the embedded Kafka (the quickstart uses orders).
+TOPICS ?= orders:3
 BUILD := build
 APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl valgrind openssl
 PIP_PACKAGES := websockets confluent-kafka pytest cryptography
@@ -22,6 +24,9 @@ deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 	@python3 -c "import websockets, confluent_kafka, pytest, cryptography" 2>/dev/null || python3 -m pip install -q $(PIP_PACKAGES)
+	@# Node.js with its headers, for the Node binding (preinstalled on the project's machines).
+	@command -v node >/dev/null && [ -f /usr/include/node/node_api.h ] || { SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nodejs libnode-dev; }
 
 build: deps
 	$(SWIFT) build -c release --static-swift-stdlib
@@ -34,9 +39,9 @@ build: deps
 	ln -sf libstreamotter.so.0 $(BUILD)/lib/libstreamotter.so
 
 run: build
-	$(BUILD)/bin/streamotter serve --listen $(LISTEN)
+	exec $(BUILD)/bin/streamotter serve --listen $(LISTEN) $(foreach t,$(TOPICS),--topic $(t))
 
-test: build test-swift test-c test-e2e test-python test-node
+test: build test-swift test-c test-e2e test-python test-node test-fuzz
 
 test-swift: deps
 	$(SWIFT) test
@@ -53,6 +58,18 @@ test-c: build
 
 test-e2e: build
 	STREAMOTTER_BIN=$(CURDIR)/$(BUILD)/bin/streamotter python3 -m pytest -q Tests/e2e
+
+# libFuzzer on the handshake, frame and streamotter.v1 parsers (Tests/fuzz/run.sh):
+# `make test` runs a bounded smoke (FUZZ_SMOKE_SECONDS per target), `make fuzz` the long
+# run (FUZZ_SECONDS per target). Findings go to build/fuzz/findings/.
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz test-fuzz
+test-fuzz:
+	Tests/fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+fuzz:
+	Tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 # The Node.js binding: an N-API addon that dlopen()s libstreamotter (it does not link it;
 # see bindings/node/README.md), and its node --test suite.

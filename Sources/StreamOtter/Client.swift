@@ -387,6 +387,7 @@ public final class StreamClient: TCPStreamDelegate {
             body += Array(reason.utf8.prefix(123))
             writeFrame(.close, body)
             s.closeAfterWrites()
+            engine.closingClients[ObjectIdentifier(self)] = self
             // The stream's close callback reports onClose; force it after a grace period.
             let t = LoopTimer(loop: loop)
             t.start(afterMs: 1000) { [weak s] in s?.close(); t.close() }
@@ -746,6 +747,7 @@ public final class StreamClient: TCPStreamDelegate {
     func streamDidEnd(_ stream: TCPStream, error: Int32) {}
 
     func streamDidClose(_ s: TCPStream) {
+        engine.closingClients.removeValue(forKey: ObjectIdentifier(self))
         guard s === stream else { return }
         stream = nil
         pingTimer?.close(); pingTimer = nil

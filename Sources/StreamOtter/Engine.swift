@@ -36,6 +36,21 @@ public final class Engine {
 
     func register(_ c: StreamClient) { clients[ObjectIdentifier(c)] = c }
     func unregister(_ c: StreamClient) { clients.removeValue(forKey: ObjectIdentifier(c)) }
+    /// Clients whose connection is still closing (their Close frame in flight): the loop
+    /// stops only when they are done (or after a bound), so peers see a clean close.
+    var closingClients: [ObjectIdentifier: StreamClient] = [:]
+
+    /// Runs `then` once every closing client's socket is closed, or after `boundMs`.
+    private func afterClientsClosed(boundMs: UInt64, _ then: @escaping () -> Void) {
+        let started = loopNowMs(loop)
+        let t = LoopTimer(loop: loop)
+        t.start(afterMs: 0, repeatMs: 5) { [unowned self] in
+            if self.closingClients.isEmpty || loopNowMs(self.loop) - started >= boundMs {
+                t.close()
+                then()
+            }
+        }
+    }
     private var thread: pthread_t?
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     var stopping = false
@@ -209,10 +224,8 @@ public final class Engine {
             stopping = true
             keepAlive?.close()
             keepAlive = nil
-            let t = LoopTimer(loop: loop)
-            // Give clients' Close frames a moment to go out.
-            t.start(afterMs: 50) { [unowned self] in
-                t.close()
+            // Let the clients' closing handshakes finish (bounded).
+            afterClientsClosed(boundMs: 1500) { [unowned self] in
                 for h in self.signals { uv_close(rawHandle(h)) { h in h?.deallocate() } }
                 self.signals.removeAll()
                 self.loop.stop()
@@ -256,6 +269,13 @@ public final class Engine {
     }
 
     private func finishStop(_ server: WebSocketServer) {
+        guard closingClients.isEmpty else {
+            afterClientsClosed(boundMs: 1500) { [unowned self] in
+                self.closingClients.removeAll()
+                self.finishStop(server)
+            }
+            return
+        }
         server.shutdown()
         for h in signals {
             uv_close(rawHandle(h)) { h in h?.deallocate() }

@@ -382,6 +382,10 @@ final class Gateway: WebSocketServerDelegate {
             reply(c, ServerFrames.error(id: id, code: "shutting_down", message: "the gateway is shutting down; publish elsewhere or retry"))
             return
         }
+        // A resend of a publish in flight or recently acked is answered from the dedupe
+        // window, compared as the client sent it (GatewayFlow.swift).
+        var dedupeKey: PublishKey?
+        if answerResend(c, id: id, channel: channel, key: key, headers: headers, value: value, dedupeKey: &dedupeKey) { return }
         var value = value
         var headers = headers
         if let encryption, encryption.applies(to: channel) {
@@ -396,7 +400,7 @@ final class Gateway: WebSocketServerDelegate {
             }
         }
         // Dedupe, the id header, and holding on a full queue: GatewayFlow.swift.
-        acceptPublish(c, id: id, channel: channel, key: key, headers: headers, value: value)
+        acceptPublish(c, id: id, channel: channel, key: key, headers: headers, value: value, dedupeKey: dedupeKey)
     }
 
     /// Produces one record for the host (not for a connection); `done` runs on the loop

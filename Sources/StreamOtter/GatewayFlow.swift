@@ -52,27 +52,36 @@ extension Gateway {
 
     // MARK: publish: dedupe, header, inbound backpressure
 
-    /// Accepts one publish from a connection. Every accepted publish is answered exactly
-    /// once per request (an `ack` after Kafka acknowledged it, or an `error`); a resend of
-    /// a publish still in flight or recently acknowledged gets the original answer.
-    func acceptPublish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?,
-                       headers userHeaders: [(String, [UInt8])], value: [UInt8]) {
-        var pkey: PublishKey?
-        if let id, flow.dedupe.isEnabled {
-            let k = PublishKey(channel: channel, id: id, key: key, headers: userHeaders, value: value)
-            switch flow.dedupe.lookup(k, now: loopNowMs(loop)) {
-            case .acked(let partition, let offset)?:
-                flow.dedupeHits += 1
-                reply(c, ServerFrames.ack(id: id, channel: channel, partition: partition, offset: offset))
-                return
-            case .inFlight(let token)?:
-                flow.dedupeHits += 1
-                flow.waiters[token, default: []].append((c.id, id))
-                return
-            case nil:
-                pkey = k
-            }
+    /// Answers a resend of a publish that is still in flight or was acknowledged recently
+    /// (same channel, id and content) from the dedupe window. Returns true when it did;
+    /// otherwise `key` is the entry to record for this publish (nil without an id). Call
+    /// with the publish as the client sent it (before any encryption, whose output differs
+    /// on every call).
+    func answerResend(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?,
+                      headers: [(String, [UInt8])], value: [UInt8], dedupeKey: inout PublishKey?) -> Bool {
+        dedupeKey = nil
+        guard let id, flow.dedupe.isEnabled else { return false }
+        let k = PublishKey(channel: channel, id: id, key: key, headers: headers, value: value)
+        switch flow.dedupe.lookup(k, now: loopNowMs(loop)) {
+        case .acked(let partition, let offset)?:
+            flow.dedupeHits += 1
+            reply(c, ServerFrames.ack(id: id, channel: channel, partition: partition, offset: offset))
+            return true
+        case .inFlight(let token)?:
+            flow.dedupeHits += 1
+            flow.waiters[token, default: []].append((c.id, id))
+            return true
+        case nil:
+            dedupeKey = k
+            return false
         }
+    }
+
+    /// Accepts one publish from a connection (after `answerResend` said it is new). Every
+    /// accepted publish is answered exactly once per request: an `ack` after Kafka
+    /// acknowledged it, or an `error`.
+    func acceptPublish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?,
+                       headers userHeaders: [(String, [UInt8])], value: [UInt8], dedupeKey pkey: PublishKey?) {
         // The header name is reserved: the gateway sets it from `id`.
         var headers = userHeaders.filter { $0.0 != Gateway.idHeader }
         if let id { headers.append((Gateway.idHeader, Array(id.utf8))) }

@@ -3,10 +3,12 @@
 
     make build && build/bin/streamotter serve --topic chat:3      # a gateway (embedded Kafka)
     pip install bindings/python
-    python3 examples/python/client.py ws://127.0.0.1:8080/ chat "hello" "otters"
+    STREAMOTTER_LIBRARY=$PWD/build/lib/libstreamotter.so.0 \
+        python3 examples/python/client.py ws://127.0.0.1:8080/ chat "hello" "otters"
 
-Without pip install, run it from the source tree with PYTHONPATH=bindings/python (the
-library is found at build/lib, or set STREAMOTTER_LIBRARY).
+An installed package finds the library through STREAMOTTER_LIBRARY or, after
+`make install`, the system's library path. Without pip install, run it from the source
+tree with PYTHONPATH=bindings/python: the library is then found at build/lib.
 """
 
 from __future__ import annotations
