@@ -273,6 +273,12 @@ def test_full_producer_queue_holds_publishes_with_tcp_backpressure(gateways, dev
     recs = kafka_records(gw.bootstrap, topic, per * clients)
     ids = collections.Counter(h.get("streamotter-id") for *_, h in recs)
     assert len(recs) == per * clients and max(ids.values()) == 1
+    # order kept through the holds: per client and partition, offsets follow publish order
+    for k in range(clients):
+        for p in {r[0] for r in recs}:
+            seq = [json.loads(r[3])["i"] for r in sorted(recs, key=lambda r: r[1])
+                   if r[0] == p and json.loads(r[3])["c"] == k]
+            assert seq == sorted(seq), f"client {k} partition {p}: publish order not kept"
     m = metrics(gw)
     assert m["publishes_held_total"] > 0, "the queue never filled: the test proves nothing"
     assert m["publish_failures_total"] == 0
@@ -309,3 +315,33 @@ def test_a_slow_large_message_is_not_cut_off_as_dead(gateway):
     code, _ = raw.recv_close(10)
     assert code == 1001 and time.monotonic() - t0 < 5
     raw.close()
+
+
+def test_idle_clock_stops_while_the_gateway_holds_a_connections_input(gateways, dev_kafka):
+    """With a tiny producer queue and 1 s of broker RTT, a publishing connection is held
+    (not read) for several seconds, far beyond ws.idle_timeout_ms (2 x 300 ms): its
+    silence is the gateway's doing, so it is not closed, and every publish is acked."""
+    topic = dev_kafka.topic(unique("idle"), 1)
+    gw = gateways.start("--set", "ws.ping_interval_ms=300",
+                        "--set", "kafka.producer.queue.buffering.max.messages=4")
+    dev_kafka.cmd("rtt -1 1000")
+
+    async def go():
+        c = await Client.connect(gw.url)
+        t0 = time.monotonic()
+        futs = []
+        for i in range(16):
+            futs.append(c.expect_reply(f"h{i}"))
+            await c.send({"op": "publish", "id": f"h{i}", "channel": topic, "data": i})
+        answers = await asyncio.wait_for(asyncio.gather(*futs), 60)
+        elapsed = time.monotonic() - t0
+        await c.close()
+        return answers, elapsed, metrics(gw)
+
+    try:
+        answers, elapsed, m = run(go(), 90)
+    finally:
+        dev_kafka.cmd("rtt -1 0")
+    assert all(a["op"] == "ack" for a in answers), answers
+    assert m["publishes_held_total"] > 0
+    assert elapsed > 1.2, f"the queue should have held the connection for a while ({elapsed:.1f}s)"
