@@ -45,32 +45,25 @@ final class CustomAuthenticator: UpgradeAuthenticator {
             }
             done(d)
         }
-        let req = AuthRequest(id: next, path: request.target, headers: request.headers.map { ($0.name, $0.value) },
-                              peerAddress: c.peerAddress, tlsSubject: c.tlsPeerSubject)
-        next += 1
-        let loop = self.loop
-        let answered = AnswerOnce()
-        handler(req) { answer in
-            guard answered.take() else { return }
-            loop.post {
-                switch answer {
-                case .allow(var identity):
-                    if identity.method == "anonymous" { identity.method = "custom" }
-                    done(.allow(identity))
-                case .deny(let status, let reason):
-                    done(.deny((400...599).contains(status) ? status : 403, reason))
-                }
+        ask(c, path: request.target, headers: request.headers.map { ($0.name, $0.value) }) { answer in
+            switch answer {
+            case .success(let identity): done(.allow(identity))
+            case .failure(let f): done(.deny((400...599).contains(f.status) ? f.status : 403, f.message))
             }
         }
     }
-}
 
-extension CustomAuthenticator {
     /// `{"op":"auth","token":...}` goes to the same callback as a request with path
     /// `(refresh)` and the token in an `Authorization: Bearer` header.
     func verify(token: String, for c: WebSocketConnection, _ done: @escaping (Result<Identity, AuthFailure>) -> Void) {
-        let req = AuthRequest(id: next, path: "(refresh)", headers: [("Authorization", "Bearer " + token)],
-                              peerAddress: c.peerAddress, tlsSubject: c.tlsPeerSubject)
+        ask(c, path: "(refresh)", headers: [("Authorization", "Bearer " + token)], done)
+    }
+
+    /// Hands one request to the host's callback; the first answer (from any thread) comes
+    /// back on the loop.
+    private func ask(_ c: WebSocketConnection, path: String, headers: [(String, String)],
+                     _ done: @escaping (Result<Identity, AuthFailure>) -> Void) {
+        let req = AuthRequest(id: next, path: path, headers: headers, peerAddress: c.peerAddress, tlsSubject: c.tlsPeerSubject)
         next += 1
         let loop = self.loop
         let answered = AnswerOnce()
