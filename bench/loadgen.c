@@ -328,7 +328,11 @@ static void send_pong(conn_t *c, const char *data, size_t len) {
     frame_finish(c, p, len, hl);
 }
 
+/* Throughput counts what completes inside the measured window; latency only counts what was
+ * also sent inside it (a record sent during the warm-up, e.g. while the producer was still
+ * looking up metadata, says nothing about the steady state). */
 static inline int in_window(uint64_t t) { return t >= g_meas_start && t < g_meas_end; }
+static inline int sent_in_window(uint64_t t) { return t >= g_meas_start && t < g_meas_end; }
 
 static uint64_t parse_u64(const char *p, const char *end) {
     uint64_t v = 0;
@@ -375,7 +379,7 @@ static void on_message(conn_t *c, const char *p, size_t len, uint64_t t_hint) {
                 uint64_t t = q ? parse_u64(q + 6, p + len) : 0;
                 if (in_window(now)) {
                     w->msgs++;
-                    if (t) h_record(&w->lat, now - t);
+                    if (sent_in_window(t)) h_record(&w->lat, now - t);
                 }
             } else {
                 if (!w->errsample[0]) snprintf(w->errsample, sizeof w->errsample, "%.*s", (int)(len > 200 ? 200 : len), p);
@@ -385,7 +389,7 @@ static void on_message(conn_t *c, const char *p, size_t len, uint64_t t_hint) {
             uint64_t t = t_hint ? t_hint : find_t(p, len);
             if (in_window(now)) {
                 w->msgs++;
-                if (t) h_record(&w->lat, now - t);
+                if (sent_in_window(t)) h_record(&w->lat, now - t);
             }
         }
         if (c->inflight > 0) c->inflight--;
@@ -407,7 +411,7 @@ static void on_message(conn_t *c, const char *p, size_t len, uint64_t t_hint) {
         atomic_fetch_add_explicit(&g_deliv_all, 1, memory_order_relaxed);
         if (in_window(now)) {
             w->msgs++;
-            if (t) h_record(&w->lat, now - t);
+            if (sent_in_window(t)) h_record(&w->lat, now - t);
         }
         break;
     }
@@ -419,7 +423,7 @@ static void on_message(conn_t *c, const char *p, size_t len, uint64_t t_hint) {
                 atomic_fetch_add_explicit(&g_acks_all, 1, memory_order_relaxed);
                 if (in_window(now)) {
                     w->msgs2++;
-                    if (t) h_record(&w->lat2, now - t);
+                    if (sent_in_window(t)) h_record(&w->lat2, now - t);
                 }
             } else {
                 if (!w->errsample[0]) snprintf(w->errsample, sizeof w->errsample, "%.*s", (int)(len > 200 ? 200 : len), p);
@@ -682,7 +686,8 @@ static void on_tick(uv_timer_t *t) {
         /* Open loop: the records due by now, stamped with their scheduled time. */
         uint64_t now = now_ns();
         double per_ns = w->rate_share / 1e9;
-        uint64_t due = (uint64_t)((double)(now - g_t0) * per_ns);
+        /* Record k is due at g_t0 + k / rate: records 0..due-1 are due by now. */
+        uint64_t due = (uint64_t)((double)(now - g_t0) * per_ns) + 1;
         int budget = 100000;
         while (w->rate_sent < due && budget-- > 0) {
             uint64_t sched = g_t0 + (uint64_t)((double)w->rate_sent / per_ns);
