@@ -235,14 +235,39 @@ final class TCPStream: TurnFlushable {
 
     /// One uv_write of `batch`; `accounted` bytes of queuedBytes are released when done.
     private func rawWrite(_ batch: [(OutBuffer, Int, Int)], accounted: Int) {
-        var total = accounted
         var uvbufs = [uv_buf_t]()
         uvbufs.reserveCapacity(batch.count)
         for (b, off, n) in batch {
             uvbufs.append(uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(n)))
         }
+        var rest = batch
+        if writesInFlight == 0 {
+            // Most writes fit in the kernel's buffer: try them now, and queue a uv_write
+            // (which costs an epoll re-registration) only for what is left.
+            let n = uvbufs.withUnsafeBufferPointer { uv_try_write(rawStream(handle), $0.baseAddress, UInt32($0.count)) }
+            if n > 0 {
+                var written = Int(n)
+                var i = 0
+                while i < rest.count && written >= rest[i].2 {
+                    written -= rest[i].2
+                    i += 1
+                }
+                if i == rest.count {
+                    writesInFlight += 1
+                    writeDone(accounted, status: 0)
+                    return
+                }
+                rest.removeFirst(i)
+                if written > 0 { rest[0] = (rest[0].0, rest[0].1 + written, rest[0].2 - written) }
+                uvbufs = rest.map { uv_buf_init(($0.0.base + $0.1).assumingMemoryBound(to: CChar.self), UInt32($0.2)) }
+            } else if n != Int32(UV_EAGAIN.rawValue) && n < 0 {
+                writesInFlight += 1
+                writeDone(accounted, status: n)
+                return
+            }
+        }
         let req = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
-        req.pointee.data = Unmanaged.passRetained(WriteReq(batch, self, total)).toOpaque()
+        req.pointee.data = Unmanaged.passRetained(WriteReq(rest, self, accounted)).toOpaque()
         writesInFlight += 1
         let rc = uvbufs.withUnsafeBufferPointer { p in
             uv_write(req, rawStream(handle), p.baseAddress, UInt32(p.count)) { r, status in
@@ -255,9 +280,8 @@ final class TCPStream: TurnFlushable {
         if rc != 0 {
             Unmanaged<WriteReq>.fromOpaque(req.pointee.data!).release()
             req.deallocate()
-            writeDone(total, status: rc)
+            writeDone(accounted, status: rc)
         }
-        _ = total
     }
 
     private func writeDone(_ n: Int, status: Int32) {
