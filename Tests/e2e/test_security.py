@@ -813,8 +813,9 @@ def test_mtls_required(pki, gateway_factory, tmp_path):
     for cert in (None, pki.rogue):
         res = attempt(cert)
         assert isinstance(res, Exception) or res is None, f"client cert {cert}: got HTTP {res}"
-    rc, out = s_client(gw.port, "-tls1_3", "-brief", cafile=pki.server.cert)
-    assert "Protocol version" not in out or rc != 0, out
+    # (No s_client check here: in TLS 1.3 the server verifies the client certificate after
+    # the client has finished its side of the handshake, so s_client may print "CONNECTION
+    # ESTABLISHED" before it reads the refusal; the upgrades above are what must fail.)
     assert attempt(pki.client) == 101
 
     async def session():
