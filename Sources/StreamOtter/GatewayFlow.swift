@@ -83,7 +83,9 @@ extension Gateway {
     func acceptPublish(_ c: WebSocketConnection, id: String?, channel: String, key: [UInt8]?,
                        headers userHeaders: [(String, [UInt8])], value: [UInt8], dedupeKey pkey: PublishKey?) {
         // The header name is reserved: the gateway sets it from `id`.
-        var headers = userHeaders.filter { $0.0 != Gateway.idHeader }
+        // The name is reserved in any letter case: a consumer that looks headers up
+        // case-insensitively must not be fooled by a client's own.
+        var headers = userHeaders.filter { $0.0.lowercased() != Gateway.idHeader }
         if let id { headers.append((Gateway.idHeader, Array(id.utf8))) }
         let token = nextToken
         nextToken += 1

@@ -230,6 +230,18 @@ final class WebSocketConnection: TCPStreamDelegate {
 
     /// True while the layer above has stopped reading from this connection.
     private(set) var inboundHeld = false
+    /// True while reading is stopped because our own answers to this peer (pongs, replies,
+    /// messages) are past the outbound bound: a peer that sends without reading must not
+    /// grow gateway memory. Reading resumes when the backlog halves.
+    private(set) var repliesHeld = false
+
+    /// Called after each read batch.
+    private func checkReplyBacklog() {
+        guard isOpen, !repliesHeld, stream.unsentBytes > server.settings.maxBufferedBytes else { return }
+        repliesHeld = true
+        server.metrics.readsPausedForBacklog += 1
+        stream.stopReading()
+    }
 
     /// Stops reading from the socket (TCP backpressure on the peer) until
     /// `releaseInbound`. Requests already received are still delivered. The idle timeout
@@ -244,7 +256,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         guard inboundHeld else { return }
         inboundHeld = false
         lastReceive = loopNowMs(server.loop)
-        if isOpen { stream.startReading() }
+        if isOpen && !repliesHeld { stream.startReading() }
     }
 
     // MARK: timers (called by the server's sweep)
@@ -274,6 +286,14 @@ final class WebSocketConnection: TCPStreamDelegate {
                     expiryWarned = true
                     server.delegate?.credentialExpiring(self, expiresAtMs: exp)
                 }
+            }
+            if repliesHeld {
+                if stream.unsentBytes <= s.maxBufferedBytes / 2 {
+                    repliesHeld = false
+                    lastReceive = now
+                    if !inboundHeld { stream.startReading() }
+                }
+                break
             }
             if inboundHeld {
                 // We stopped reading on purpose (inbound backpressure): the peer's silence
@@ -316,6 +336,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             held.append(contentsOf: bytes)
         case .open, .closing:
             readFrames(bytes)
+            checkReplyBacklog()
         case .closed:
             break
         }
@@ -358,7 +379,12 @@ final class WebSocketConnection: TCPStreamDelegate {
         if !WebSocketHandshake.isUpgradeRequest(req) {
             let (status, ctype, body) = server.delegate?.httpResponse(for: req) ?? (404, "text/plain", "not found\n")
             state = .closed
-            stream.write(WebSocketHandshake.simpleResponse(status: status, reason: HTTPStatus.reasonPhrase(status), body: body, contentType: ctype))
+            var response = WebSocketHandshake.simpleResponse(status: status, reason: HTTPStatus.reasonPhrase(status), body: body, contentType: ctype)
+            if req.method == "HEAD" {
+                // The same headers (Content-Length included), no body (RFC 9110 9.3.2).
+                response.removeLast(body.utf8.count)
+            }
+            stream.write(response)
             stream.closeAfterWrites()
             server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
             return
@@ -490,6 +516,7 @@ final class ServerMetrics {
     var expiredCloses: UInt64 = 0
     var rateLimited: UInt64 = 0
     var decryptFailures: UInt64 = 0
+    var readsPausedForBacklog: UInt64 = 0
     var admissionRefusals: UInt64 = 0
 }
 
