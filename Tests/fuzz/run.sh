@@ -20,6 +20,8 @@ mkdir -p "$OUT/findings"
 python3 Tests/fuzz/seeds.py "$OUT/seeds"
 declare -A HARNESS=([handshake]=FuzzHandshake [frames]=FuzzFrames [protocol]=FuzzProtocol)
 status=0
+passed=0
+failed=0
 for t in $TARGETS; do
   bin="$OUT/fuzz-$t"
   src=(Sources/StreamOtterCore/*.swift Tests/fuzz/FuzzSupport.swift "Tests/fuzz/${HARNESS[$t]}.swift")
@@ -39,8 +41,12 @@ for t in $TARGETS; do
        >"$log" 2>&1; then
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$log" | sed "s/^/  $t: /"
     echo "  $t: corpus $(ls "$OUT/corpus/$t" | wc -l) inputs, no finding"
+    passed=$((passed + 1))
   else
     echo "  $t: FINDING (see $log and $OUT/findings/)"; tail -30 "$log"; status=1
+    failed=$((failed + 1))
   fi
 done
+# The plain closing line test summaries use: one target = one test.
+echo "fuzz: $passed passed, $failed failed"
 exit $status
