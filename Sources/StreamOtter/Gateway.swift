@@ -547,7 +547,8 @@ final class Gateway: WebSocketServerDelegate {
         return sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
-    private func detach(_ sub: ChannelSubscription) {
+    /// Leaves every live and replay feed; the subscription keeps its next offsets.
+    func detach(_ sub: ChannelSubscription) {
         detachReplays(sub)
         for feed in sub.feeds {
             feed.subscribers.removeAll { $0 === sub }

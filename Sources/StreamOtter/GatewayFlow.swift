@@ -428,7 +428,7 @@ extension Gateway {
             guard !session.paused else { return }
             session.paused = true
             flow.pauses += 1
-            for sub in session.subscriptions.values { detachFeeds(sub) }
+            for sub in session.subscriptions.values { detach(sub) }
             session.parked.removeAll()
             c.stream.lowWater = bound / 4
             c.stream.requestDrainNotification()
@@ -442,19 +442,6 @@ extension Gateway {
         }
         c.sendText(ServerFrames.slowConsumer(positions: positions, limit: bound))
         c.fail(code: 1008, reason: "outbound buffer bound exceeded")
-    }
-
-    /// Leaves every live and replay feed, keeping the next offsets.
-    private func detachFeeds(_ sub: ChannelSubscription) {
-        detachReplays(sub)
-        for feed in sub.feeds {
-            feed.subscribers.removeAll { $0 === sub }
-            if feed.subscribers.isEmpty {
-                consumer.unassign(topic: feed.tp.topic, partition: feed.tp.partition)
-                feeds.removeValue(forKey: feed.tp)
-            }
-        }
-        sub.feeds.removeAll()
     }
 
     /// The socket of a paused subscriber drained: resume every subscription from its
