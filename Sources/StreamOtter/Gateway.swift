@@ -86,6 +86,8 @@ final class Gateway: WebSocketServerDelegate {
     let consumer: KafkaFanoutConsumer
     let config: EngineConfig
     var feeds: [TopicPartition: PartitionFeed] = [:]
+    /// Partition counts by topic with the loop time they were looked up.
+    private var partitionCounts: [String: (count: Int32, at: UInt64)] = [:]
     var pendingPublishes: [UInt64: PendingPublish] = [:]
     var nextToken: UInt64 = 1
     /// Dedupe window, held publishes, replay lane (GatewayFlow.swift).
@@ -463,10 +465,23 @@ final class Gateway: WebSocketServerDelegate {
         session.pending.insert(channel)
         let consumer = self.consumer
         let timeout = config.kafkaLookupTimeoutMs
+        // A partition count looked up in the last 30 s spares a metadata request (which
+        // asks for every topic of the cluster); an unknown topic is always asked again.
+        let now = loopNowMs(loop)
+        let known = partitionCounts[channel].flatMap { now &- $0.at < 30_000 ? $0.count : nil }
         loop.runBlocking({ () -> Result<Plan, ProtocolError> in
-            Gateway.resolve(consumer: consumer, id: id, topic: channel, from: from, timeoutMs: timeout)
+            Gateway.resolve(consumer: consumer, id: id, topic: channel, from: from, knownCount: known, timeoutMs: timeout)
         }, then: { [weak self, weak c] result in
-            guard let self, let c else { return }
+            guard let self else { return }
+            switch result {
+            case .success(let plan) where known == nil:
+                self.partitionCounts[channel] = (Int32(plan.high.count), loopNowMs(self.loop))
+            case .failure:
+                self.partitionCounts.removeValue(forKey: channel)   // ask again next time
+            default:
+                break
+            }
+            guard let c else { return }
             session.pending.remove(channel)
             guard !session.closed, c.isOpen else { return }
             switch result {
@@ -480,9 +495,10 @@ final class Gateway: WebSocketServerDelegate {
     }
 
     /// Looks up partitions and start offsets. Runs on a worker thread (blocking calls).
-    private static func resolve(consumer: KafkaFanoutConsumer, id: String?, topic: String, from: StartPosition, timeoutMs: Int32) -> Result<Plan, ProtocolError> {
+    private static func resolve(consumer: KafkaFanoutConsumer, id: String?, topic: String, from: StartPosition,
+                                knownCount: Int32?, timeoutMs: Int32) -> Result<Plan, ProtocolError> {
         let count: Int32
-        switch consumer.partitionCount(topic: topic, timeoutMs: timeoutMs) {
+        switch knownCount.map({ Result<Int32, KafkaError>.success($0) }) ?? consumer.partitionCount(topic: topic, timeoutMs: timeoutMs) {
         case .success(let n): count = n
         case .failure(let e):
             if e.code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e.code == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC {
