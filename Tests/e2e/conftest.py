@@ -100,12 +100,12 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
 class Proc:
     """A subprocess whose stdout and stderr are drained by threads (no pipe stalls)."""
 
-    def __init__(self, args: list[str], name: str):
+    def __init__(self, args: list[str], name: str, stdin=subprocess.DEVNULL):
         self.args = args
         self.name = name
         self.proc = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=str(REPO),

@@ -42,20 +42,7 @@ class ControlledProc(Proc):
     """A Proc whose stdin is a pipe (dev-kafka reads fault-injection commands there)."""
 
     def __init__(self, args: list[str], name: str):
-        self.args = args
-        self.name = name
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=str(REPO))
-        self.pid = self.proc.pid
-        self.stdout_lines: list[str] = []
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=400)
-        self._cond = threading.Condition()
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, True), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, False), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        super().__init__(args, name, stdin=subprocess.PIPE)
 
 
 class DevKafka:

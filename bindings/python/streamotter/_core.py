@@ -224,6 +224,26 @@ class EngineState(Owner):
         return h
 
 
+class Closable:
+    """close() on a clean exit from `with`, the harder _shutdown() when an exception
+    propagates; `closed` once the handle is gone. Subclasses keep their state in `_cs`."""
+
+    _cs: Any
+
+    @property
+    def closed(self) -> bool:
+        return self._cs is None or self._cs.handle is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._shutdown()
+
+
 def errors_state(msg: str) -> StreamOtterError:
     from .errors import error_for
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from . import _core, _ffi
-from ._core import Completion, Entry, Owner, bytes_arg, run_user, take
+from ._core import Closable, Completion, Entry, Owner, bytes_arg, run_user, take
 from .conf import ConfLike, conf_handle
 from .engine import Engine
 from .errors import RequestError, StreamOtterError, check, error_for
@@ -286,7 +286,7 @@ _END = object()
 # --------------------------------------------------------------------------- Client
 
 
-class Client:
+class Client(Closable):
     """A streamotter.v1 WebSocket client on `engine` (any mode; an engine in mode
     "client" runs no gateway and no Kafka). It reconnects by itself (jittered exponential
     backoff, circuit breaker), resubscribes from its positions and resends unacknowledged
@@ -569,18 +569,6 @@ class Client:
         else:
             es.reap()
 
-    @property
-    def closed(self) -> bool:
-        return self._cs is None or self._cs.handle is None
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._shutdown()
 
     async def __aenter__(self) -> "Client":
         self.engine.attach()

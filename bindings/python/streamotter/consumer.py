@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from . import _core, _ffi
-from ._core import Entry, Owner, run_user, take
+from ._core import Closable, Entry, Owner, run_user, take
 from .conf import ConfLike, conf_handle
 from .engine import Engine
 from .errors import check, error_for
@@ -81,7 +81,7 @@ def _ms(when) -> int:
     return int(when)
 
 
-class Consumer:
+class Consumer(Closable):
     """A Kafka consumer on a running engine: `on_record(record)` runs for every record
     (on the engine thread, or in poll()/asyncio in poll mode). Configuration: kafka.*
     keys only ("kafka.group.id" for group consumption; the engine's bootstrap servers
@@ -180,18 +180,6 @@ class Consumer:
         else:
             lib.sot_consumer_destroy(h)
 
-    @property
-    def closed(self) -> bool:
-        return self._cs is None or self._cs.handle is None
-
-    def __enter__(self) -> "Consumer":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._shutdown()
 
     def __del__(self) -> None:
         try:
