@@ -320,8 +320,7 @@ final class Gateway: WebSocketServerDelegate {
             subscribe(c, session, id: id, channel: channel, from: from)
         case .unsubscribe(let id, let channel):
             guard let sub = session.subscriptions.removeValue(forKey: channel) else {
-                let code = session.pending.contains(channel) ? "not_subscribed" : "not_subscribed"
-                reply(c, ServerFrames.error(id: id, code: code, message: "not subscribed to channel '\(channel)'"))
+                reply(c, ServerFrames.error(id: id, code: "not_subscribed", message: "not subscribed to channel '\(channel)'"))
                 return
             }
             detach(sub)

@@ -293,10 +293,11 @@ final class GatewayAudit {
     }
 }
 
-/// Carries a closure that is only ever called on the loop thread into a @Sendable one.
-struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
+/// Carries a value whose thread safety the code vouches for (a closure only called on the
+/// loop thread, a host pointer the host promises is thread-safe) into @Sendable closures.
+public struct UncheckedSendable<T>: @unchecked Sendable {
+    public let value: T
+    public init(_ v: T) { value = v }
 }
 
 /// Authentication of upgrades by OAuth2 token introspection (RFC 7662). The HTTP call is

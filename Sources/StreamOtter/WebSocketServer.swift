@@ -185,7 +185,6 @@ final class WebSocketConnection: TCPStreamDelegate {
             writeClose(code: code, reason: reason)
             recordClose(code, reason)
             state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
-            server.track(self)
         case .handshake, .authorizing:
             state = .closed
             stream.close()
@@ -201,7 +200,6 @@ final class WebSocketConnection: TCPStreamDelegate {
             writeClose(code: code, reason: reason)
             recordClose(code, reason)
             state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
-            server.track(self)
             stream.closeAfterWrites()
         case .closing:
             stream.closeAfterWrites()
@@ -487,8 +485,7 @@ final class WebSocketConnection: TCPStreamDelegate {
                     }
                     recordClose(code ?? 1005, String(decoding: reason, as: UTF8.self))
                     state = .closing(deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
-                    server.track(self)
-                }
+                        }
                 stream.closeAfterWrites()
                 return
             }
@@ -598,8 +595,6 @@ final class WebSocketServer {
     func lingering(_ s: TCPStream, deadline: UInt64) {
         streams[ObjectIdentifier(s)] = (s, deadline)
     }
-
-    func track(_ c: WebSocketConnection) {}
 
     private var perAddress: [String: Int] = [:]
 

@@ -86,22 +86,16 @@ public func sot_engine_set_key_provider(_ e: OpaquePointer?, _ cb: sot_key_cb?, 
     guard let h = engineHandle(e) else { return fail(-10, "not a live engine handle") }
     guard let cb else { return fail(-1, "callback must not be NULL") }
     guard !h.started else { return fail(-3, "set the key provider before sot_engine_start") }
-    let box = UncheckedPointer(opaque)
+    let box = UncheckedSendable(opaque)
     h.engine.keyProvider = { keyID, channel in
         var key = [UInt8](repeating: 0, count: 32)
         var idBuf = [CChar](repeating: 0, count: 65)
         let rc = withOptionalCString(keyID) { k in
-            withOptionalCString(channel) { c in cb(box.p, k, c, &key, &idBuf, idBuf.count) }
+            withOptionalCString(channel) { c in cb(box.value, k, c, &key, &idBuf, idBuf.count) }
         }
         guard rc == 0 else { return nil }
         let id = keyID ?? String(cString: idBuf)
         return id.isEmpty ? nil : (id, key)
     }
     return 0
-}
-
-/// An opaque host pointer carried into @Sendable closures (the host promises thread safety).
-struct UncheckedPointer: @unchecked Sendable {
-    let p: UnsafeMutableRawPointer?
-    init(_ p: UnsafeMutableRawPointer?) { self.p = p }
 }
