@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 # Topics `make run` creates on the embedded Kafka (the quickstart uses orders).
 TOPICS ?= orders:3
 BUILD := build
-APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev kcat pkg-config cmake curl valgrind openssl
+APT_PACKAGES := librdkafka-dev libuv1-dev libssl-dev zlib1g-dev libxxhash-dev kcat pkg-config cmake curl valgrind openssl
 PIP_PACKAGES := websockets confluent-kafka pytest cryptography
 
 .PHONY: all deps build run test test-swift test-c test-e2e test-python test-node node-addon install clean

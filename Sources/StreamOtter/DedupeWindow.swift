@@ -1,80 +1,60 @@
+import CShim
+
 /// Identifies one publish for resend detection: the channel, the client's id, and what was
 /// published (key, headers, value). A resend is the same request sent again, so all of it
 /// matches; two different publishes that happen to reuse an id differ in content and are
 /// not confused.
 ///
-/// Kept as 128 bits of two independent hashes instead of the strings themselves: the
-/// window holds up to 100,000 entries and is consulted on every publish, and string keys
-/// cost hashing, comparisons and reference counting on the hot path (18% of the loop in the
-/// ingest benchmark). Two publishes collide with probability ~n²/2¹²⁹.
+/// Kept as a 128-bit XXH3 hash instead of the strings themselves: the window holds up to
+/// 100,000 entries and is consulted on every publish, and string keys cost hashing,
+/// comparisons and reference counting on the hot path. The hash is seeded per process, so
+/// nobody can compute a publish that collides with another client's; two publishes
+/// collide with probability ~n²/2¹²⁹.
 struct PublishKey: Hashable {
     let a: UInt64
     let b: UInt64
 
+    /// Per process, from the system's random source.
+    static let seed = UInt64.random(in: .min ... .max)
+
     init(channel: String, id: String, key: [UInt8]?, headers: [(String, [UInt8])], value: [UInt8]) {
-        var h = DualHash()
-        h.add(channel)
-        h.add(id)
+        cshim_hash_begin(PublishKey.seed)
+        PublishKey.add(channel)
+        PublishKey.add(id)
         if let key {
-            h.add(1)
-            h.add(key)
+            cshim_hash_add_u64(1)
+            key.withUnsafeBytes { cshim_hash_add($0.baseAddress, $0.count) }
         } else {
-            h.add(0)
+            cshim_hash_add_u64(0)
         }
-        h.add(UInt64(headers.count))
+        cshim_hash_add_u64(UInt64(headers.count))
         for (name, v) in headers {
-            h.add(name)
-            h.add(v)
+            PublishKey.add(name)
+            v.withUnsafeBytes { cshim_hash_add($0.baseAddress, $0.count) }
         }
-        h.add(value)
-        a = h.a
-        b = h.b
+        value.withUnsafeBytes { cshim_hash_add($0.baseAddress, $0.count) }
+        var a: UInt64 = 0, b: UInt64 = 0
+        cshim_hash_end(&a, &b)
+        self.a = a
+        self.b = b
     }
 
     /// For content known only by its own fingerprint (the plaintext of an encrypted record).
     init(channel: String, id: String, fingerprint: UInt64) {
-        var h = DualHash()
-        h.add(channel)
-        h.add(id)
-        h.add(2)
-        h.add(fingerprint)
-        a = h.a
-        b = h.b
-    }
-}
-
-/// Two 64-bit hashes in one pass: FNV-1a and a multiply-rotate mix with other constants.
-/// Stable across runs (unlike `Hasher`).
-struct DualHash {
-    private(set) var a: UInt64 = 0xcbf2_9ce4_8422_2325
-    private(set) var b: UInt64 = 0x9e37_79b9_7f4a_7c15
-
-    @inline(__always)
-    private mutating func byte(_ x: UInt8) {
-        a = (a ^ UInt64(x)) &* 0x0000_0100_0000_01b3
-        b = ((b ^ UInt64(x)) &* 0xff51_afd7_ed55_8ccd)
-        b = (b << 29) | (b >> 35)
+        cshim_hash_begin(PublishKey.seed)
+        PublishKey.add(channel)
+        PublishKey.add(id)
+        cshim_hash_add_u64(2)
+        cshim_hash_add_u64(fingerprint)
+        var a: UInt64 = 0, b: UInt64 = 0
+        cshim_hash_end(&a, &b)
+        self.a = a
+        self.b = b
     }
 
-    mutating func add(_ bytes: [UInt8]) {
-        add(UInt64(bytes.count))
-        for x in bytes { byte(x) }
-    }
-
-    mutating func add(_ s: String) {
+    private static func add(_ s: String) {
         var s = s
-        s.withUTF8 { u in
-            add(UInt64(u.count))
-            for x in u { byte(x) }
-        }
-    }
-
-    mutating func add(_ n: UInt64) {
-        var n = n
-        for _ in 0..<8 {
-            byte(UInt8(truncatingIfNeeded: n))
-            n >>= 8
-        }
+        s.withUTF8 { cshim_hash_add($0.baseAddress, $0.count) }
     }
 }
 
@@ -90,15 +70,27 @@ struct DualHash {
 ///
 /// In-flight entries are not counted against `capacity`; they are bounded by the producer
 /// queue. Pure state with a caller-supplied clock. Loop thread only.
+///
+/// The entries live in an open-addressing table (linear probing, backward-shift deletion)
+/// indexed by the key's own hash bits: no second hash, no allocation per entry.
 struct DedupeWindow {
     enum State: Equatable {
         case inFlight(token: UInt64)
         case acked(partition: Int32, offset: Int64)
     }
 
+    private struct Slot {
+        var a: UInt64 = 0
+        var b: UInt64 = 0
+        /// 0: empty.
+        var generation: UInt64 = 0
+        var state: State = .inFlight(token: 0)
+    }
+
     let capacity: Int
     let ttlMs: UInt64
-    private var entries: [PublishKey: (state: State, generation: UInt64)] = [:]
+    private var slots: [Slot] = []
+    private var used = 0
     /// Acknowledged entries in acknowledgement order: (key, generation, acked at).
     private var order: [(PublishKey, UInt64, UInt64)] = []
     private var head = 0
@@ -111,46 +103,113 @@ struct DedupeWindow {
 
     var isEnabled: Bool { capacity > 0 && ttlMs > 0 }
     /// Entries held (in flight and acknowledged).
-    var count: Int { entries.count }
+    var count: Int { used }
     var ackedCount: Int { order.count - head }
 
     /// What the window knows about `key` at time `now`.
     mutating func lookup(_ key: PublishKey, now: UInt64) -> State? {
         expire(now: now)
-        return entries[key]?.state
+        guard let i = find(key) else { return nil }
+        return slots[i].state
     }
 
     /// Records a publish accepted and handed (or about to be handed) to Kafka.
     mutating func begin(_ key: PublishKey, token: UInt64) {
         guard isEnabled else { return }
         generation += 1
-        entries[key] = (.inFlight(token: token), generation)
+        put(key, .inFlight(token: token), generation)
     }
 
     /// Kafka acknowledged the publish.
     mutating func acked(_ key: PublishKey, partition: Int32, offset: Int64, now: UInt64) {
         guard isEnabled else { return }
         generation += 1
-        entries[key] = (.acked(partition: partition, offset: offset), generation)
+        put(key, .acked(partition: partition, offset: offset), generation)
         order.append((key, generation, now))
         expire(now: now)
     }
 
     /// The publish failed: forget it.
     mutating func failed(_ key: PublishKey) {
-        entries.removeValue(forKey: key)
+        if let i = find(key) { remove(at: i) }
     }
 
     private mutating func expire(now: UInt64) {
         while head < order.count {
             let (key, gen, at) = order[head]
             if order.count - head <= capacity && now &- at < ttlMs { break }
-            if let e = entries[key], e.generation == gen { entries.removeValue(forKey: key) }
+            if let i = find(key), slots[i].generation == gen { remove(at: i) }
             head += 1
         }
         if head > 1024 && head * 2 > order.count {
             order.removeFirst(head)
             head = 0
+        }
+    }
+
+    // MARK: the table
+
+    @inline(__always)
+    private func home(_ a: UInt64) -> Int { Int(truncatingIfNeeded: a) & (slots.count - 1) }
+
+    private func find(_ key: PublishKey) -> Int? {
+        if slots.isEmpty { return nil }
+        let mask = slots.count - 1
+        var i = home(key.a)
+        while slots[i].generation != 0 {
+            if slots[i].a == key.a && slots[i].b == key.b { return i }
+            i = (i + 1) & mask
+        }
+        return nil
+    }
+
+    private mutating func put(_ key: PublishKey, _ state: State, _ gen: UInt64) {
+        if (used + 1) * 2 > slots.count { grow() }
+        let mask = slots.count - 1
+        var i = home(key.a)
+        while slots[i].generation != 0 {
+            if slots[i].a == key.a && slots[i].b == key.b {
+                slots[i].state = state
+                slots[i].generation = gen
+                return
+            }
+            i = (i + 1) & mask
+        }
+        slots[i] = Slot(a: key.a, b: key.b, generation: gen, state: state)
+        used += 1
+    }
+
+    /// Empties slot `i` and moves later members of its probe run back, so that every
+    /// lookup still finds its key before the first empty slot.
+    private mutating func remove(at index: Int) {
+        let mask = slots.count - 1
+        var hole = index
+        var j = index
+        while true {
+            j = (j + 1) & mask
+            if slots[j].generation == 0 { break }
+            let h = home(slots[j].a)
+            // Move j into the hole unless its home lies cyclically in (hole, j].
+            let stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j)
+            if !stays {
+                slots[hole] = slots[j]
+                hole = j
+            }
+        }
+        slots[hole] = Slot()
+        used -= 1
+    }
+
+    private mutating func grow() {
+        let old = slots
+        slots = [Slot](repeating: Slot(), count: max(1024, old.count * 2))
+        used = 0
+        let mask = slots.count - 1
+        for s in old where s.generation != 0 {
+            var i = home(s.a)
+            while slots[i].generation != 0 { i = (i + 1) & mask }
+            slots[i] = s
+            used += 1
         }
     }
 }

@@ -88,11 +88,12 @@ final class Gateway: WebSocketServerDelegate {
     var feeds: [TopicPartition: PartitionFeed] = [:]
     /// Partition counts by topic with the loop time they were looked up.
     private var partitionCounts: [String: (count: Int32, at: UInt64)] = [:]
-    var pendingPublishes: [UInt64: PendingPublish] = [:]
+    var pendingPublishes = TokenTable<PendingPublish>()
     var nextToken: UInt64 = 1
     /// Dedupe window, held publishes, replay lane (GatewayFlow.swift).
     let flow: FlowState
     private var scratch: [UInt8] = []
+    private var ackScratch: [UInt8] = []
     var shuttingDown = false
     /// The embedding host's view of connections (the engine).
     weak var hooks: GatewayHooks?
@@ -174,9 +175,13 @@ final class Gateway: WebSocketServerDelegate {
     let startedAt = loopStartTime()
 
     struct PendingPublish {
-        let connection: UInt64
+        /// Held until the delivery report, so the ack needs no lookup; a connection that
+        /// closed meanwhile is skipped.
+        let connection: WebSocketConnection
         let id: String?
         let channel: String
+        /// The dedupe entry, for publishes that carry an id.
+        let key: PublishKey?
     }
 
     init(loop: EventLoop, server: WebSocketServer, producer: KafkaProducer, consumer: KafkaFanoutConsumer, config: EngineConfig) {
@@ -285,6 +290,15 @@ final class Gateway: WebSocketServerDelegate {
     func reply(_ c: WebSocketConnection, _ payload: [UInt8]) {
         server.metrics.messagesOut += 1
         if c.sendText(payload) == .overBound { slowConsumer(c) }
+    }
+
+    /// An `ack`, encoded in a reused buffer (one per publish: the hot path).
+    func replyAck(_ c: WebSocketConnection, id: String?, channel: String, partition: Int32, offset: Int64) {
+        server.metrics.messagesOut += 1
+        ackScratch.removeAll(keepingCapacity: true)
+        ServerFrames.appendAck(id: id, channel: channel, partition: partition, offset: offset, to: &ackScratch)
+        let status = ackScratch.withUnsafeBytes { c.sendFrame(.text, $0) }
+        if status == .overBound { slowConsumer(c) }
     }
 
     /// Over the outbound bound: `ws.slow_consumer` decides (GatewayFlow.swift).

@@ -16,8 +16,6 @@ struct HeldPublish {
 /// a full producer queue, and the replay lane. Loop thread only.
 final class FlowState {
     var dedupe: DedupeWindow
-    /// token -> dedupe key, for publishes that carry an id.
-    var keys: [UInt64: PublishKey] = [:]
     /// token -> resends (connection, request id) waiting for the same delivery report.
     var waiters: [UInt64: [(UInt64, String?)]] = [:]
     var held: [HeldPublish] = []
@@ -85,17 +83,14 @@ extension Gateway {
         // The header name is reserved: the gateway sets it from `id`.
         // The name is reserved in any letter case: a consumer that looks headers up
         // case-insensitively must not be fooled by a client's own.
-        var headers = userHeaders.filter { $0.0.lowercased() != Gateway.idHeader }
+        var headers = userHeaders
+        if !headers.isEmpty { headers.removeAll { Gateway.isIDHeader($0.0) } }
         if let id { headers.append((Gateway.idHeader, Array(id.utf8))) }
         let token = nextToken
         nextToken += 1
         server.metrics.publishes += 1
-        pendingPublishes[token] = PendingPublish(connection: c.id, id: id, channel: channel)
-        if let pkey {
-            flow.keys[token] = pkey
-            flow.dedupe.begin(pkey, token: token)
-        }
-        let h = HeldPublish(token: token, connection: c.id, channel: channel, key: key, headers: headers, value: value)
+        pendingPublishes.insert(token, PendingPublish(connection: c, id: id, channel: channel, key: pkey))
+        if let pkey { flow.dedupe.begin(pkey, token: token) }
         if flow.heldCount == 0 {
             let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token)
             if rc == RD_KAFKA_RESP_ERR_NO_ERROR { return }
@@ -104,7 +99,7 @@ extension Gateway {
                 return
             }
         }
-        hold(h, c)
+        hold(HeldPublish(token: token, connection: c.id, channel: channel, key: key, headers: headers, value: value), c)
     }
 
     /// The producer queue is full: keep the publish, stop reading from its connection (TCP
@@ -156,25 +151,35 @@ extension Gateway {
     /// The outcome of one publish (a delivery report, or a local error): answers the
     /// publishing request and every resend waiting for it.
     func publishFinished(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
-        guard let p = pendingPublishes.removeValue(forKey: token) else { return }
-        let key = flow.keys.removeValue(forKey: token)
-        let waiters = flow.waiters.removeValue(forKey: token) ?? []
+        guard let p = pendingPublishes.remove(token) else { return }
         let ok = err == RD_KAFKA_RESP_ERR_NO_ERROR
         if ok {
             server.metrics.acks += 1
-            if let key { flow.dedupe.acked(key, partition: partition, offset: offset, now: loopNowMs(loop)) }
+            if let key = p.key { flow.dedupe.acked(key, partition: partition, offset: offset, now: loopNowMs(loop)) }
         } else {
             server.metrics.publishFailures += 1
-            if let key { flow.dedupe.failed(key) }
+            if let key = p.key { flow.dedupe.failed(key) }
         }
-        for (conn, id) in [(p.connection, p.id)] + waiters {
-            guard let c = server.connections[conn], c.isOpen else { continue }
+        func answer(_ c: WebSocketConnection, _ id: String?) {
+            guard c.isOpen else { return }
             if ok {
-                reply(c, ServerFrames.ack(id: id, channel: p.channel, partition: partition, offset: offset))
+                replyAck(c, id: id, channel: p.channel, partition: partition, offset: offset)
             } else {
                 reply(c, ServerFrames.error(id: id, code: "publish_failed", message: "kafka: \(KafkaError(err).description)"))
             }
         }
+        answer(p.connection, p.id)
+        // Resends of the same publish that arrived while it was in flight.
+        if !flow.waiters.isEmpty, let waiters = flow.waiters.removeValue(forKey: token) {
+            for (conn, id) in waiters {
+                if let c = server.connections[conn] { answer(c, id) }
+            }
+        }
+    }
+
+    /// True for the reserved id header name, in any letter case.
+    static func isIDHeader(_ name: String) -> Bool {
+        name.utf8.count == idHeader.utf8.count && name.lowercased() == idHeader
     }
 
     // MARK: subscriptions: live feed or replay lane

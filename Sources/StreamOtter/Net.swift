@@ -199,6 +199,45 @@ final class TCPStream: TurnFlushable {
 
     func write(_ bytes: [UInt8]) { write(OutBuffer(bytes)) }
 
+    /// Small writes of this turn are copied into one buffer: `tail`, whose first
+    /// `tailUsed` bytes are taken. Dropped at the flush (the write request keeps it).
+    private var tail: OutBuffer?
+    private var tailUsed = 0
+    static let tailSize = 4096
+
+    /// Queues `count` bytes that `fill` writes in place (it gets exactly `count` bytes of
+    /// room). Small writes of one turn share one buffer and one iovec, so a burst of
+    /// replies costs one allocation, not one per message.
+    func writeCopy(count: Int, _ fill: (UnsafeMutableRawPointer) -> Void) {
+        guard !isClosing, count > 0 else { return }
+        if count > TCPStream.tailSize / 2 {
+            let b = OutBuffer(capacity: count)
+            fill(b.base)
+            write(b)
+            return
+        }
+        if let t = tail, tailUsed + count <= t.count {
+            fill(t.base + tailUsed)
+            if let last = pending.last, last.0 === t, last.1 + last.2 == tailUsed {
+                pending[pending.count - 1].2 += count
+            } else {
+                pending.append((t, tailUsed, count))
+            }
+        } else {
+            let t = OutBuffer(capacity: TCPStream.tailSize)
+            tail = t
+            tailUsed = 0
+            fill(t.base)
+            pending.append((t, 0, count))
+        }
+        tailUsed += count
+        queuedBytes += count
+        if !pendingMarked {
+            pendingMarked = true
+            loop.markDirty(self)
+        }
+    }
+
     /// Asks for a `streamDidDrain` once queued bytes fall to `lowWater`.
     func requestDrainNotification() { wantDrain = true }
 
@@ -211,6 +250,7 @@ final class TCPStream: TurnFlushable {
 
     func flushTurn() {
         pendingMarked = false
+        tail = nil
         guard !pending.isEmpty, !isClosing else { return }
         if let tls {
             // Plaintext waits for the handshake, then goes out as one ciphertext buffer.

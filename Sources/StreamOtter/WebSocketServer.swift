@@ -153,10 +153,17 @@ final class WebSocketConnection: TCPStreamDelegate {
         payload.withUnsafeBytes { sendFrame(.text, $0) }
     }
 
+    /// Queues one frame; the bytes are copied (small frames of one turn into one buffer).
     @discardableResult
     func sendFrame(_ opcode: WSOpcode, _ payload: UnsafeRawBufferPointer) -> SendStatus {
         guard isOpen else { return .dropped }
-        return sendShared(WebSocketConnection.encodeFrame(opcode, payload))
+        let n = payload.count
+        let hs = FrameEncoder.headerSize(payloadLength: n, masked: false)
+        stream.writeCopy(count: hs + n) { p in
+            _ = FrameEncoder.writeHeader(into: p, opcode: opcode, fin: true, payloadLength: n, maskKey: nil)
+            if n > 0 { (p + hs).copyMemory(from: payload.baseAddress!, byteCount: n) }
+        }
+        return stream.queuedBytes > server.settings.maxBufferedBytes ? .overBound : .ok
     }
 
     /// Queues an already encoded frame shared with other connections.

@@ -78,6 +78,10 @@ public enum JSON {
     public static func appendCompact(_ json: UnsafeRawBufferPointer, to out: inout [UInt8]) {
         let count = json.count
         out.reserveCapacity(out.count + count)
+        if !mayContainWhitespace(json) {
+            out.append(contentsOf: json)
+            return
+        }
         var i = 0
         var runStart = 0
         while i < count {
@@ -103,5 +107,24 @@ public enum JSON {
         }
         let end = min(i, count)
         if runStart < end { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: json[runStart..<end])) }
+    }
+
+    /// False when no byte of `bytes` is below 0x21 (so none is JSON whitespace); checked
+    /// eight bytes at a time.
+    static func mayContainWhitespace(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return false }
+        let count = bytes.count
+        var i = 0
+        while i + 8 <= count {
+            let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            // A byte below 0x21 sets its high bit in (w - 0x21…) & ~w (the classic has-less-than test).
+            if (w &- 0x2121_2121_2121_2121) & ~w & 0x8080_8080_8080_8080 != 0 { return true }
+            i += 8
+        }
+        while i < count {
+            if base.load(fromByteOffset: i, as: UInt8.self) < 0x21 { return true }
+            i += 1
+        }
+        return false
     }
 }

@@ -149,23 +149,37 @@ struct JSONScanner {
     }
 
     /// Scans a string starting at the opening quote. When `out` is given, the decoded UTF-8
-    /// bytes are appended to it. Validates UTF-8, control characters and escapes.
-    mutating func scanString(into out: UnsafeMutablePointer<[UInt8]>?) throws {
+    /// bytes are appended to it. Validates UTF-8, control characters and escapes. Returns
+    /// true when the string had no escape (its decoded bytes are then exactly the bytes
+    /// between the quotes).
+    @discardableResult
+    mutating func scanString(into out: UnsafeMutablePointer<[UInt8]>?) throws -> Bool {
         index += 1  // opening quote
         let count = bytes.count
         var utf8 = UTF8Validator()
         var runStart = index
+        var runASCII = true
+        var escaped = false
         while true {
+            // Fast path: printable ASCII other than the quote and the backslash.
+            while index < count {
+                let c = bytes[index]
+                if c >= 0x20 && c < 0x80 && c != 0x22 && c != 0x5C { index += 1 } else { break }
+            }
             guard index < count else { throw error("unterminated string") }
             let c = bytes[index]
             if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") {
                 let run = UnsafeRawBufferPointer(rebasing: bytes[runStart..<index])
-                if !utf8.feed(run) || !utf8.isAtBoundary { throw error("invalid UTF-8 in string") }
+                if !runASCII {
+                    if !utf8.feed(run) || !utf8.isAtBoundary { throw error("invalid UTF-8 in string") }
+                    runASCII = true
+                }
                 out?.pointee.append(contentsOf: run)
                 if c == UInt8(ascii: "\"") {
                     index += 1
-                    return
+                    return !escaped
                 }
+                escaped = true
                 index += 1
                 guard index < count else { throw error("unterminated escape") }
                 let e = bytes[index]
@@ -208,6 +222,8 @@ struct JSONScanner {
             } else if c < 0x20 {
                 throw error("control character in string")
             } else {
+                // Non-ASCII: validated as UTF-8 with the rest of the run.
+                runASCII = false
                 index += 1
             }
         }
@@ -267,8 +283,21 @@ struct JSONScanner {
 
     /// Parses a string at the opening quote into a Swift String.
     mutating func parseString() throws -> String {
+        let start = index
+        if try scanString(into: nil) {
+            // No escape: the bytes between the quotes are the string.
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(start + 1)..<(index - 1)]), as: UTF8.self)
+        }
+        index = start
         var decoded: [UInt8] = []
-        try withUnsafeMutablePointer(to: &decoded) { try scanString(into: $0) }
+        try withUnsafeMutablePointer(to: &decoded) { _ = try scanString(into: $0) }
         return String(decoding: decoded, as: UTF8.self)
+    }
+
+    /// Scans a string at the opening quote; returns the byte range between the quotes when
+    /// the string has no escape, else nil (the string is then validated and skipped).
+    mutating func scanPlainString() throws -> Range<Int>? {
+        let start = index
+        return try scanString(into: nil) ? (start + 1)..<(index - 1) : nil
     }
 }

@@ -27,9 +27,43 @@ public enum ProtocolParser {
     public static let maxIdLength = 256
     public static let maxChannelLength = 249
 
+    /// The top-level fields the protocol knows, recognised from their bytes without
+    /// building a String; other fields are validated and skipped.
+    private enum Known: Int {
+        case op, id, channel, key, headers, token, from
+
+        static func match(_ b: UnsafeRawBufferPointer) -> Known? {
+            func eq(_ name: StaticString) -> Bool { bytesEqual(b, name) }
+            switch b.count {
+            case 2: return eq("op") ? .op : eq("id") ? .id : nil
+            case 3: return eq("key") ? .key : nil
+            case 4: return eq("from") ? .from : nil
+            case 5: return eq("token") ? .token : nil
+            case 7: return eq("channel") ? .channel : eq("headers") ? .headers : nil
+            default: return nil
+            }
+        }
+
+        var name: String {
+            switch self {
+            case .op: return "op"
+            case .id: return "id"
+            case .channel: return "channel"
+            case .key: return "key"
+            case .headers: return "headers"
+            case .token: return "token"
+            case .from: return "from"
+            }
+        }
+    }
+
     /// Parses one text frame; throws `ProtocolError`.
     public static func parse(_ text: UnsafeRawBufferPointer) throws -> ClientRequest {
-        var fields: [(String, JSONValue)] = []
+        // Known fields by `Known.rawValue`; names of unknown ones only to catch duplicates.
+        var known: (JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?)
+            = (nil, nil, nil, nil, nil, nil, nil)
+        var seen: UInt8 = 0
+        var unknownNames: [[UInt8]] = []
         var dataRange: Range<Int>? = nil
         do {
             var scanner = JSONScanner(text)
@@ -46,23 +80,49 @@ public enum ProtocolParser {
                 while true {
                     scanner.skipWhitespace()
                     guard scanner.peek() == UInt8(ascii: "\"") else { throw scanner.error("expected string key") }
-                    let key = try scanner.parseString()
+                    // The key's bytes: in place when it has no escape, else decoded.
+                    let keyStart = scanner.index
+                    var decodedKey: [UInt8] = []
+                    if try !scanner.scanString(into: nil) {
+                        scanner.index = keyStart
+                        _ = try withUnsafeMutablePointer(to: &decodedKey) { try scanner.scanString(into: $0) }
+                    }
+                    let keyEnd = scanner.index
                     scanner.skipWhitespace()
                     try scanner.expect(UInt8(ascii: ":"))
-                    if key == "data" {
-                        scanner.skipWhitespace()
-                        let start = scanner.index
-                        try scanner.skipValue(depth: 1)
-                        if dataRange != nil {
-                            throw ProtocolError(code: "bad_request", message: "duplicate field data", id: nil)
+                    try withKeyBytes(text, keyStart, keyEnd, decodedKey) { name in
+                        if bytesEqual(name, "data") {
+                            scanner.skipWhitespace()
+                            let start = scanner.index
+                            try scanner.skipValue(depth: 1)
+                            if dataRange != nil {
+                                throw ProtocolError(code: "bad_request", message: "duplicate field data", id: nil)
+                            }
+                            dataRange = start..<scanner.index
+                        } else if let k = Known.match(name) {
+                            let value = try scanner.parseValue(depth: 1)
+                            let bit = UInt8(1) << UInt8(k.rawValue)
+                            if seen & bit != 0 {
+                                throw ProtocolError(code: "bad_request", message: "duplicate field \(k.name)", id: nil)
+                            }
+                            seen |= bit
+                            switch k {
+                            case .op: known.0 = value
+                            case .id: known.1 = value
+                            case .channel: known.2 = value
+                            case .key: known.3 = value
+                            case .headers: known.4 = value
+                            case .token: known.5 = value
+                            case .from: known.6 = value
+                            }
+                        } else {
+                            try scanner.skipValue(depth: 1)
+                            let n = Array(name)
+                            if unknownNames.contains(n) {
+                                throw ProtocolError(code: "bad_request", message: "duplicate field \(String(decoding: n, as: UTF8.self))", id: nil)
+                            }
+                            unknownNames.append(n)
                         }
-                        dataRange = start..<scanner.index
-                    } else {
-                        let value = try scanner.parseValue(depth: 1)
-                        if fields.contains(where: { $0.0 == key }) {
-                            throw ProtocolError(code: "bad_request", message: "duplicate field \(key)", id: nil)
-                        }
-                        fields.append((key, value))
                     }
                     scanner.skipWhitespace()
                     guard let d = scanner.peek() else { throw scanner.error("unterminated object") }
@@ -77,21 +137,30 @@ public enum ProtocolParser {
             throw ProtocolError(code: "bad_request", message: "invalid JSON: \(error.message) at byte \(error.offset)", id: nil)
         }
 
-        func field(_ name: String) -> JSONValue? {
-            for (k, v) in fields where k == name {
-                if case .null = v { return nil }
-                return v
+        /// A known field's value; for optional fields a null counts as absent.
+        func value(_ k: Known) -> JSONValue? {
+            switch k {
+            case .op: return known.0
+            case .id: return known.1
+            case .channel: return known.2
+            case .key: return known.3
+            case .headers: return known.4
+            case .token: return known.5
+            case .from: return known.6
             }
-            return nil
+        }
+        func field(_ k: Known) -> JSONValue? {
+            if case .null? = value(k) { return nil }
+            return value(k)
         }
 
         // id
         var id: String? = nil
-        if let value = field("id") {
+        if let value = field(.id) {
             guard case .string(let s) = value else {
                 throw ProtocolError(code: "bad_request", message: "id must be a string", id: nil)
             }
-            if s.unicodeScalars.count > maxIdLength {
+            if s.utf8.count > maxIdLength && s.unicodeScalars.count > maxIdLength {
                 throw ProtocolError(code: "bad_request", message: "id longer than \(maxIdLength) characters", id: nil)
             }
             id = s
@@ -102,7 +171,7 @@ public enum ProtocolParser {
 
         // op
         let op: String
-        switch fields.first(where: { $0.0 == "op" })?.1 {
+        switch value(.op) {
         case .string(let s)?: op = s
         case nil: throw fail("unknown_op", "missing op")
         default: throw fail("unknown_op", "op must be a string")
@@ -111,14 +180,14 @@ public enum ProtocolParser {
             throw fail("unknown_op", "unknown op")
         }
         if op == "auth" {
-            guard case .string(let token)? = fields.first(where: { $0.0 == "token" })?.1, !token.isEmpty else {
+            guard case .string(let token)? = value(.token), !token.isEmpty else {
                 throw fail("bad_request", "auth needs a string token")
             }
             return .auth(id: id, token: token)
         }
 
         // channel
-        guard let channelValue = fields.first(where: { $0.0 == "channel" })?.1 else {
+        guard let channelValue = value(.channel) else {
             throw fail("bad_request", "missing field channel")
         }
         guard case .string(let channel) = channelValue else { throw fail("bad_request", "channel must be a string") }
@@ -128,19 +197,19 @@ public enum ProtocolParser {
 
         switch op {
         case "subscribe":
-            let from = try startPosition(field("from"), fail: fail)
+            let from = try startPosition(field(.from), fail: fail)
             return .subscribe(id: id, channel: channel, from: from)
         case "unsubscribe":
             return .unsubscribe(id: id, channel: channel)
         default:
             guard let range = dataRange else { throw fail("bad_request", "missing field data") }
             var key: [UInt8]? = nil
-            if let keyValue = field("key") {
+            if let keyValue = field(.key) {
                 guard case .string(let s) = keyValue else { throw fail("bad_request", "key must be a string") }
                 key = Array(s.utf8)
             }
             var headers: [(String, [UInt8])] = []
-            if let headersValue = field("headers") {
+            if let headersValue = field(.headers) {
                 guard case .object(let members) = headersValue else {
                     throw fail("bad_request", "headers must be an object of strings")
                 }
@@ -155,6 +224,26 @@ public enum ProtocolParser {
             var value: [UInt8] = []
             JSON.appendCompact(UnsafeRawBufferPointer(rebasing: text[range]), to: &value)
             return .publish(id: id, channel: channel, key: key, headers: headers, value: value)
+        }
+    }
+
+    @inline(__always)
+    static func bytesEqual(_ b: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
+        let n = name.utf8CodeUnitCount
+        guard n == b.count else { return false }
+        let p = name.utf8Start
+        for i in 0..<n where b[i] != p[i] { return false }
+        return true
+    }
+
+    /// Calls `body` with a key's bytes: in place (between the quotes at `start` and `end`)
+    /// when it had no escape, else `decoded`.
+    private static func withKeyBytes(_ text: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ decoded: [UInt8],
+                                     _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if decoded.isEmpty {
+            try body(UnsafeRawBufferPointer(rebasing: text[(start + 1)..<(end - 1)]))
+        } else {
+            try decoded.withUnsafeBytes { try body($0) }
         }
     }
 

@@ -11,16 +11,48 @@ public enum ServerFrames {
 
     /// `{"op":"ack","id":"p1","channel":"orders","partition":0,"offset":123}`
     public static func ack(id: String?, channel: String, partition: Int32, offset: Int64) -> [UInt8] {
-        var out = opening("ack")
+        var out: [UInt8] = []
+        appendAck(id: id, channel: channel, partition: partition, offset: offset, to: &out)
+        return out
+    }
+
+    /// Appends the `ack` payload to `out` (the hot path reuses one buffer).
+    public static func appendAck(id: String?, channel: String, partition: Int32, offset: Int64, to out: inout [UInt8]) {
+        out.reserveCapacity(out.count + 64 + (id?.utf8.count ?? 0) + channel.utf8.count)
+        appendStatic(#"{"op":"ack""#, to: &out)
         appendId(id, to: &out)
         appendKey("channel", to: &out)
         JSON.appendString(channel, to: &out)
         appendKey("partition", to: &out)
-        out.append(contentsOf: String(partition).utf8)
+        appendDecimal(Int64(partition), to: &out)
         appendKey("offset", to: &out)
-        out.append(contentsOf: String(offset).utf8)
+        appendDecimal(offset, to: &out)
         out.append(UInt8(ascii: "}"))
-        return out
+    }
+
+    /// Appends the decimal digits of `value`.
+    static func appendDecimal(_ value: Int64, to out: inout [UInt8]) {
+        if value < 0 { out.append(UInt8(ascii: "-")) }
+        var m = value.magnitude
+        if m < 10 {
+            out.append(0x30 + UInt8(m))
+            return
+        }
+        // Digits into a stack tuple, then appended in order.
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { buf in
+            var i = buf.count
+            while m > 0 {
+                i -= 1
+                buf[i] = 0x30 + UInt8(m % 10)
+                m /= 10
+            }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[i...]))
+        }
+    }
+
+    private static func appendStatic(_ text: StaticString, to out: inout [UInt8]) {
+        out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
     /// `{"op":"error","id":"p1","code":"forbidden","message":"..."}`

@@ -25,7 +25,6 @@ int cshim_set_reuseport(int fd);
 
 /* Blocks SIGPIPE on the calling thread and ignores it process-wide. */
 void cshim_ignore_sigpipe(void);
-#endif
 
 /* ---- TLS over memory BIOs (OpenSSL), driven by the loop: no blocking socket I/O. ---- */
 #include <openssl/ssl.h>
@@ -59,3 +58,11 @@ void cshim_tls_shutdown(SSL *ssl);
 const char *cshim_tls_error(void);
 /* The peer certificate's subject ("" without one). */
 int cshim_tls_peer_subject(SSL *ssl, char *buf, size_t len);
+
+/* Streaming 128-bit XXH3 with one state per thread: begin(seed), add fields, end. `add`
+ * hashes the length before the bytes, so field boundaries count. */
+void cshim_hash_begin(uint64_t seed);
+void cshim_hash_add(const void *data, size_t len);
+void cshim_hash_add_u64(uint64_t value);
+void cshim_hash_end(uint64_t *lo, uint64_t *hi);
+#endif

@@ -1,0 +1,93 @@
+import XCTest
+@testable import StreamOtter
+
+/// The hot-path tables of the publish path, checked against a Dictionary model under long
+/// random sequences (a fixed seed, so a failure repeats).
+final class HotPathTableTests: XCTestCase {
+    /// SplitMix64: a small deterministic generator for the test sequences.
+    private struct Mix: RandomNumberGenerator {
+        var s: UInt64
+        mutating func next() -> UInt64 {
+            s &+= 0x9e37_79b9_7f4a_7c15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+    }
+
+    func testTokenTableMatchesADictionaryIncludingSpillsAndGaps() {
+        var rng = Mix(s: 42)
+        // A small ring, so that growth and the overflow dictionary are both exercised.
+        var t = TokenTable<String>(initialSlots: 4, maxRing: 64)
+        var model: [UInt64: String] = [:]
+        var next: UInt64 = 1
+        for step in 0..<200_000 {
+            let r = Int.random(in: 0..<100, using: &rng)
+            if r < 50 {
+                next += UInt64.random(in: 1...3, using: &rng)  // gaps: tokens used elsewhere
+                t.insert(next, "v\(next)")
+                model[next] = "v\(next)"
+            } else if r < 95, !model.isEmpty {
+                // Mostly the oldest few (in-order completion), sometimes any.
+                let keys = model.keys.sorted()
+                let k = r < 85 ? keys[Int.random(in: 0..<min(4, keys.count), using: &rng)] : keys.randomElement(using: &rng)!
+                XCTAssertEqual(t.remove(k), model.removeValue(forKey: k), "step \(step)")
+            } else {
+                let k = UInt64.random(in: 0...(next + 5), using: &rng)
+                XCTAssertEqual(t.remove(k), model.removeValue(forKey: k), "step \(step) token \(k)")
+            }
+            XCTAssertEqual(t.count, model.count)
+        }
+        XCTAssertEqual(t.values(), model.keys.sorted().map { model[$0]! })
+    }
+
+    func testTokenTableKeepsOneStuckEntryWithoutGrowingTheRing() {
+        var t = TokenTable<Int>(initialSlots: 8, maxRing: 16)
+        t.insert(1, 1)  // never completes while a million others come and go
+        for i in 2..<1_000_000 {
+            t.insert(UInt64(i), i)
+            XCTAssertEqual(t.remove(UInt64(i)), i)
+        }
+        XCTAssertEqual(t.count, 1)
+        XCTAssertEqual(t.remove(1), 1)
+        XCTAssertTrue(t.isEmpty)
+        XCTAssertNil(t.remove(1))
+    }
+
+    func testDedupeWindowTableSurvivesHeavyChurn() {
+        // Capacity 5,000 acked entries: the table grows, and expiry and failures remove
+        // entries from the middle of probe runs (backward-shift deletion).
+        var rng = Mix(s: 7)
+        var w = DedupeWindow(capacity: 5_000, ttlMs: 1_000_000)
+        var inFlight: [Int: UInt64] = [:]   // id -> token
+        var acked: [Int] = []               // in ack order
+        var failedIDs = Set<Int>()
+        var id = 0
+        func k(_ i: Int) -> PublishKey { PublishKey(channel: "c", id: "p\(i)", key: nil, headers: [], value: [UInt8(i & 0xff)]) }
+        for now in 0..<60_000 {
+            let r = Int.random(in: 0..<10, using: &rng)
+            if r < 5 || inFlight.isEmpty {
+                id += 1
+                w.begin(k(id), token: UInt64(id))
+                inFlight[id] = UInt64(id)
+            } else {
+                let i = inFlight.keys.randomElement(using: &rng)!
+                inFlight.removeValue(forKey: i)
+                if r == 9 {
+                    w.failed(k(i))
+                    failedIDs.insert(i)
+                } else {
+                    w.acked(k(i), partition: 1, offset: Int64(i), now: UInt64(now))
+                    acked.append(i)
+                }
+            }
+        }
+        for (i, token) in inFlight { XCTAssertEqual(w.lookup(k(i), now: 60_000), .inFlight(token: token)) }
+        let kept = acked.suffix(5_000)
+        for i in kept { XCTAssertEqual(w.lookup(k(i), now: 60_000), .acked(partition: 1, offset: Int64(i))) }
+        for i in acked.dropLast(5_000) { XCTAssertNil(w.lookup(k(i), now: 60_000)) }
+        for i in failedIDs { XCTAssertNil(w.lookup(k(i), now: 60_000)) }
+        XCTAssertEqual(w.count, inFlight.count + kept.count)
+    }
+}
