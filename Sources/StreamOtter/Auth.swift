@@ -36,8 +36,8 @@ final class CustomAuthenticator: UpgradeAuthenticator {
     weak var audit: GatewayAudit?
 
     func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void) {
-        let done: (UpgradeDecision) -> Void = { [weak self, weak c] d in
-            if let c, let audit = self?.audit {
+        let done: (UpgradeDecision) -> Void = { [weak self, weak server = c.server, cid = c.id] d in
+            if let c = server?.connections[cid], let audit = self?.audit {
                 switch d {
                 case .allow(let id): audit.auth(c, ok: true, method: "custom", reason: "ok", subject: id.subject)
                 case .deny(let status, let reason): audit.auth(c, ok: false, method: "custom", reason: reason, subject: nil, status: status)

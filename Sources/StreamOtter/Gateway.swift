@@ -13,13 +13,57 @@ struct TopicPartition: Hashable {
 final class ChannelSubscription {
     let channel: String
     unowned let connection: WebSocketConnection
-    var next: [Int32: Int64] = [:]
+    /// Next offset to deliver, per partition.
+    var next = PartitionPositions()
     var feeds: [PartitionFeed] = []
     /// Replay feeds of the partitions on which it is behind the live feed.
     var replays: [ReplayFeed] = []
     init(channel: String, connection: WebSocketConnection) {
         self.channel = channel
         self.connection = connection
+    }
+}
+
+/// Offsets by partition number. Partitions are small dense numbers and fan-out reads and
+/// writes one entry per delivery, so the first four live inline (no pointer to chase per
+/// subscriber) and the rest in an array indexed by partition.
+struct PartitionPositions {
+    private static let none = Int64.min
+    private var first: (Int64, Int64, Int64, Int64) = (none, none, none, none)
+    private var rest: [Int64] = []
+
+    subscript(partition: Int32) -> Int64? {
+        get {
+            let p = Int(partition)
+            let v: Int64
+            if p >= 0 && p < 4 {
+                v = withUnsafeBytes(of: first) { $0.load(fromByteOffset: p * 8, as: Int64.self) }
+            } else if p >= 4 && p - 4 < rest.count {
+                v = rest[p - 4]
+            } else {
+                return nil
+            }
+            return v == PartitionPositions.none ? nil : v
+        }
+        set {
+            let p = Int(partition)
+            let v = newValue ?? PartitionPositions.none
+            if p >= 0 && p < 4 {
+                withUnsafeMutableBytes(of: &first) { $0.storeBytes(of: v, toByteOffset: p * 8, as: Int64.self) }
+                return
+            }
+            guard p >= 4 else { return }
+            if p - 4 >= rest.count {
+                guard newValue != nil else { return }
+                rest.append(contentsOf: repeatElement(PartitionPositions.none, count: p - 4 + 1 - rest.count))
+            }
+            rest[p - 4] = v
+        }
+    }
+
+    /// (partition, offset) in partition order.
+    var sorted: [(Int32, Int64)] {
+        (0..<Int32(4 + rest.count)).compactMap { p in self[p].map { (p, $0) } }
     }
 }
 
@@ -353,8 +397,9 @@ final class Gateway: WebSocketServerDelegate {
             reply(c, ServerFrames.error(id: id, code: "unsupported", message: "this gateway does not use tokens (no authentication configured)"))
             return
         }
-        auth.verify(token: token, for: c) { [weak self, weak c] result in
-            guard let self, let c, c.isOpen else { return }
+        let cid = c.id
+        auth.verify(token: token, for: c) { [weak self] result in
+            guard let self, let c = self.server.connections[cid], c.isOpen else { return }
             switch result {
             case .success(let identity):
                 guard identity.subject == c.identity.subject else {
@@ -484,7 +529,7 @@ final class Gateway: WebSocketServerDelegate {
         let known = partitionCounts[channel].flatMap { now &- $0.at < 30_000 ? $0.count : nil }
         loop.runBlocking({ () -> Result<Plan, ProtocolError> in
             Gateway.resolve(consumer: consumer, id: id, topic: channel, from: from, knownCount: known, timeoutMs: timeout)
-        }, then: { [weak self, weak c] result in
+        }, then: { [weak self, cid = c.id] result in
             guard let self else { return }
             switch result {
             case .success(let plan) where known == nil:
@@ -494,7 +539,7 @@ final class Gateway: WebSocketServerDelegate {
             default:
                 break
             }
-            guard let c else { return }
+            guard let c = self.server.connections[cid] else { return }
             session.pending.remove(channel)
             guard !session.closed, c.isOpen else { return }
             switch result {
@@ -573,7 +618,7 @@ final class Gateway: WebSocketServerDelegate {
             attachPartition(sub, p, start: start, latest: plan.latest, high: plan.high[p])
         }
         session.subscriptions[channel] = sub
-        return sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        return sub.next.sorted
     }
 
     /// Leaves every live and replay feed; the subscription keeps its next offsets.

@@ -358,15 +358,16 @@ extension Gateway {
         var n = 0
         for sub in subscribers {
             guard offset >= sub.next[partition] ?? Int64.max else { continue }
+            let c = sub.connection
             // Nothing is delivered on an expired credential (the connection is closing).
-            if sub.connection.credentialExpired { continue }
+            if c.credentialExpired { continue }
             sub.next[partition] = offset + 1
             if frame == nil { frame = encodeMessage(m, topic: topic) }
             n += 1
-            server.metrics.deliveries += 1
-            server.metrics.messagesOut += 1
-            if sub.connection.sendShared(frame!) == .overBound { noteOverBound(sub.connection) }
+            if c.sendShared(frame!) == .overBound { noteOverBound(c) }
         }
+        server.metrics.deliveries += UInt64(n)
+        server.metrics.messagesOut += UInt64(n)
         return n
     }
 
@@ -443,7 +444,7 @@ extension Gateway {
         server.metrics.slowConsumerCloses += 1
         Log.event("warn", "slow_consumer_closed", ["conn": String(c.id), "peer": c.peer, "queued_bytes": String(c.queuedBytes)])
         let positions = session.subscriptions.values.sorted { $0.channel < $1.channel }.map { sub in
-            (sub.channel, sub.next.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+            (sub.channel, sub.next.sorted)
         }
         c.sendText(ServerFrames.slowConsumer(positions: positions, limit: bound))
         c.fail(code: 1008, reason: "outbound buffer bound exceeded")
@@ -468,7 +469,7 @@ extension Gateway {
         flow.resumes += 1
         Log.event("info", "slow_consumer_resumed", ["conn": String(c.id), "peer": c.peer])
         for sub in session.subscriptions.values {
-            for (p, next) in sub.next.sorted(by: { $0.key < $1.key }) {
+            for (p, next) in sub.next.sorted {
                 attachPartition(sub, p, start: next, latest: false, high: nil)
             }
         }

@@ -358,8 +358,8 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
             done(.deny(401, "a bearer token is required"))
             return
         }
-        check(token) { [weak self, weak c] r in
-            guard let c else { return }
+        check(token) { [weak self, weak server = c.server, cid = c.id] r in
+            guard let c = server?.connections[cid] else { return }
             switch r {
             case .success(let id):
                 self?.audit?.auth(c, ok: true, method: "introspection", reason: "ok", subject: id.subject)

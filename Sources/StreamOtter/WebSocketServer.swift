@@ -134,6 +134,7 @@ final class WebSocketConnection: TCPStreamDelegate {
         self.stream = stream
         self.server = server
         decoder = FrameDecoder(limits: server.settings.limits)
+        outboundBound = server.settings.maxBufferedBytes
         let now = loopNowMs(server.loop)
         acceptedAt = now
         lastReceive = now
@@ -143,6 +144,9 @@ final class WebSocketConnection: TCPStreamDelegate {
     }
 
     var isOpen: Bool { if case .open = state { return true } else { return false } }
+    /// `ws.max_buffered_bytes`, copied: the send path must not load the unowned `server`
+    /// (it has a side table, so every such load takes the runtime's slow path).
+    private let outboundBound: Int
     var queuedBytes: Int { stream.queuedBytes }
 
     // MARK: sending
@@ -163,7 +167,7 @@ final class WebSocketConnection: TCPStreamDelegate {
             _ = FrameEncoder.writeHeader(into: p, opcode: opcode, fin: true, payloadLength: n, maskKey: nil)
             if n > 0 { (p + hs).copyMemory(from: payload.baseAddress!, byteCount: n) }
         }
-        return stream.queuedBytes > server.settings.maxBufferedBytes ? .overBound : .ok
+        return stream.queuedBytes > outboundBound ? .overBound : .ok
     }
 
     /// Queues an already encoded frame shared with other connections.
@@ -171,7 +175,7 @@ final class WebSocketConnection: TCPStreamDelegate {
     func sendShared(_ frame: OutBuffer) -> SendStatus {
         guard isOpen else { return .dropped }
         stream.write(frame)
-        return stream.queuedBytes > server.settings.maxBufferedBytes ? .overBound : .ok
+        return stream.queuedBytes > outboundBound ? .overBound : .ok
     }
 
     /// Encodes one unmasked server frame into a buffer of its exact size.
@@ -414,8 +418,10 @@ final class WebSocketConnection: TCPStreamDelegate {
                 upgrade(req, key: key, proto: proto, rest: rest, identity: Identity())
                 return
             }
-            delegate.authorizeUpgrade(self, request: req) { [weak self] decision in
-                guard let self, case .authorizing = self.state, !self.stream.isClosing else { return }
+            // Found again by id rather than held weakly (see TCPStream.delegate).
+            let id = self.id
+            delegate.authorizeUpgrade(self, request: req) { [weak server] decision in
+                guard let self = server?.connections[id], case .authorizing = self.state, !self.stream.isClosing else { return }
                 switch decision {
                 case .allow(let identity):
                     self.upgrade(req, key: key, proto: proto, rest: rest, identity: identity)
