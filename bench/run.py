@@ -241,7 +241,7 @@ class Suite:
                     if os.path.exists(out):
                         os.remove(out)
                     cmd = [os.path.join(self.bin, "rdkafka_produce"), "--brokers", bs, "--topic", "ingest",
-                           "--size", str(size), "--window", str(100 * window), "--duration", str(self.duration),
+                           "--size", str(size), "--window", str(100 * window), "--id-header", "--duration", str(self.duration),
                            "--warmup", str(self.kafka_warmup), "--system", "librdkafka alone", "--results", out]
                     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
                     log("  " + r.stdout.strip())

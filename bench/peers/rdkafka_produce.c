@@ -1,14 +1,15 @@
 /*
  * The ingest ceiling: librdkafka producing straight into the broker, with the settings the
- * gateway's producer uses (acks=all, enable.idempotence=true, linger.ms=5,
+ * gateway's producer uses (acks=all, enable.idempotence=true, linger.ms=1,
  * partitioner=murmur2_random) and the same records as the load generator's publishes
- * (key "kNN" over 100 keys, value {"t":<ns>,"p":"xxx..."} of --size bytes).
+ * (key "kNN" over 100 keys, value {"t":<ns>,"p":"xxx..."} of --size bytes; with --id-header
+ * also the `streamotter-id` header that the gateway adds to a publish with an id).
  *
  * It keeps at most --window records outstanding (produced, delivery report not yet seen)
  * and reports delivered records/s and produce-to-delivery-report latency over the
  * measured window, with its own CPU use (all its threads, librdkafka's included).
  *
- * usage: rdkafka_produce --brokers LIST --topic T [--size 64] [--window 10000]
+ * usage: rdkafka_produce --brokers LIST --topic T [--size 64] [--window 10000] [--id-header]
  *        [--duration 5] [--warmup 1] [--system NAME] [--label TEXT] [--results FILE]
  *        [--set KEY=VALUE ...]
  */
@@ -59,13 +60,13 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
 
 int main(int argc, char **argv) {
     const char *brokers = NULL, *topic = "bench", *system = "librdkafka", *label = "", *results = NULL;
-    int size = 64, window = 10000;
+    int size = 64, window = 10000, id_header = 0;
     double duration = 5, warmup = 1;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char err[512];
     const char *defaults[][2] = {
         {"client.id", "bench-rdkafka"}, {"enable.idempotence", "true"}, {"acks", "all"},
-        {"linger.ms", "5"}, {"partitioner", "murmur2_random"},
+        {"linger.ms", "1"}, {"partitioner", "murmur2_random"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof err);
@@ -75,6 +76,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--topic")) topic = NEXT();
         else if (!strcmp(argv[i], "--size")) size = atoi(NEXT());
         else if (!strcmp(argv[i], "--window")) window = atoi(NEXT());
+        else if (!strcmp(argv[i], "--id-header")) id_header = 1;
         else if (!strcmp(argv[i], "--duration")) duration = atof(NEXT());
         else if (!strcmp(argv[i], "--warmup")) warmup = atof(NEXT());
         else if (!strcmp(argv[i], "--system")) system = NEXT();
@@ -121,9 +123,21 @@ int main(int argc, char **argv) {
             value[n++] = '}';
             char key[8];
             int kl = snprintf(key, sizeof key, "k%02d", (int)((produced * 7) % 100));
-            rd_kafka_resp_err_t e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                                      RD_KAFKA_V_KEY(key, (size_t)kl), RD_KAFKA_V_VALUE(value, (size_t)n),
-                                                      RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t), RD_KAFKA_V_END);
+            rd_kafka_resp_err_t e;
+            if (id_header) {
+                /* The record the gateway writes for a publish with an id: the same key and
+                 * value plus the streamotter-id header (the loadgen's ids are send times). */
+                char id[24];
+                int il = snprintf(id, sizeof id, "%" PRIu64, t);
+                e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                      RD_KAFKA_V_KEY(key, (size_t)kl), RD_KAFKA_V_VALUE(value, (size_t)n),
+                                      RD_KAFKA_V_HEADER("streamotter-id", id, (ssize_t)il),
+                                      RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t), RD_KAFKA_V_END);
+            } else {
+                e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                      RD_KAFKA_V_KEY(key, (size_t)kl), RD_KAFKA_V_VALUE(value, (size_t)n),
+                                      RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t), RD_KAFKA_V_END);
+            }
             if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
             if (e) {
                 errors++;
