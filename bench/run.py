@@ -34,6 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
+ALL_WORKLOADS = ("ingest", "fanout", "echo", "connections", "latency")
 LOGS = os.path.join(RESULTS, "logs")
 PY = sys.executable
 
@@ -873,11 +874,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "build", "bench"))
     ap.add_argument("--streamotter", default=os.environ.get("STREAMOTTER_BIN", os.path.join(ROOT, "build", "bin", "streamotter")))
-    ap.add_argument("--only", default="ingest,fanout,echo,connections,latency")
+    ap.add_argument("--only", default=",".join(ALL_WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="short runs, to check the suite itself")
     ap.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--publish", action="store_true",
+                    help="write a --quick or --only run to bench/results/ and BENCHMARKS.md too")
     ap.add_argument("--from-json", help="only redo tables, charts and markdown from a results file")
     args = ap.parse_args()
+    # A partial run (short, or not every workload) must not replace the published results:
+    # it goes to bench/results/partial/ (not kept in git) unless --publish.
+    global RESULTS, LOGS
+    partial = args.quick or set(w.strip() for w in args.only.split(",")) != set(ALL_WORKLOADS)
+    if partial and not args.publish and not args.from_json:
+        RESULTS = os.path.join(HERE, "results", "partial")
+        LOGS = os.path.join(RESULTS, "logs")
+        args.no_markdown = True
+        log(f"partial run: results go to {os.path.relpath(RESULTS, ROOT)}/, BENCHMARKS.md is left alone (--publish to change that)")
     os.makedirs(RESULTS, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it

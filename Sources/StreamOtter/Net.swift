@@ -269,51 +269,64 @@ final class TCPStream: TurnFlushable {
             else { queuedBytes -= total }
             return
         }
-        let batch = pending
-        pending.removeAll(keepingCapacity: true)
+        // Swap in the spare list (empty, with capacity) so that queuing and flushing
+        // allocate nothing in the steady state.
+        var batch: [(OutBuffer, Int, Int)] = []
+        swap(&batch, &spare)
+        swap(&batch, &pending)
         var total = 0
         for (_, _, n) in batch { total += n }
         rawWrite(batch, accounted: total)
+        batch.removeAll(keepingCapacity: true)
+        spare = batch
     }
+
+    /// The other half of `pending`'s double buffer (see `flushTurn`).
+    private var spare: [(OutBuffer, Int, Int)] = []
 
     /// One uv_write of `batch`; `accounted` bytes of queuedBytes are released when done.
     private func rawWrite(_ batch: [(OutBuffer, Int, Int)], accounted: Int) {
-        var uvbufs = [uv_buf_t]()
-        uvbufs.reserveCapacity(batch.count)
-        for (b, off, n) in batch {
-            uvbufs.append(uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(n)))
-        }
-        var rest = batch
+        // Most writes fit in the kernel's buffer: try them now (iovecs on the stack), and
+        // queue a uv_write (which costs an epoll re-registration and a request object) only
+        // for what is left.
+        var skip = 0        // entries written completely
+        var partial = 0     // bytes written of entry `skip`
         if writesInFlight == 0 {
-            // Most writes fit in the kernel's buffer: try them now, and queue a uv_write
-            // (which costs an epoll re-registration) only for what is left.
-            let n = uvbufs.withUnsafeBufferPointer { uv_try_write(rawStream(handle), $0.baseAddress, UInt32($0.count)) }
+            let n = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: batch.count) { bufs -> Int32 in
+                for (i, (b, off, len)) in batch.enumerated() {
+                    bufs[i] = uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(len))
+                }
+                return uv_try_write(rawStream(handle), bufs.baseAddress, UInt32(batch.count))
+            }
             if n > 0 {
                 var written = Int(n)
-                var i = 0
-                while i < rest.count && written >= rest[i].2 {
-                    written -= rest[i].2
-                    i += 1
+                while skip < batch.count && written >= batch[skip].2 {
+                    written -= batch[skip].2
+                    skip += 1
                 }
-                if i == rest.count {
+                if skip == batch.count {
                     writesInFlight += 1
                     writeDone(accounted, status: 0)
                     return
                 }
-                rest.removeFirst(i)
-                if written > 0 { rest[0] = (rest[0].0, rest[0].1 + written, rest[0].2 - written) }
-                uvbufs = rest.map { uv_buf_init(($0.0.base + $0.1).assumingMemoryBound(to: CChar.self), UInt32($0.2)) }
+                partial = written
             } else if n != Int32(UV_EAGAIN.rawValue) && n < 0 {
                 writesInFlight += 1
                 writeDone(accounted, status: n)
                 return
             }
         }
+        var rest = Array(batch[skip...])
+        if partial > 0 { rest[0] = (rest[0].0, rest[0].1 + partial, rest[0].2 - partial) }
         let req = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
         req.pointee.data = Unmanaged.passRetained(WriteReq(rest, self, accounted)).toOpaque()
         writesInFlight += 1
-        let rc = uvbufs.withUnsafeBufferPointer { p in
-            uv_write(req, rawStream(handle), p.baseAddress, UInt32(p.count)) { r, status in
+        // libuv copies the iovec array into the request.
+        let rc = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: rest.count) { bufs -> Int32 in
+            for (i, (b, off, len)) in rest.enumerated() {
+                bufs[i] = uv_buf_init((b.base + off).assumingMemoryBound(to: CChar.self), UInt32(len))
+            }
+            return uv_write(req, rawStream(handle), bufs.baseAddress, UInt32(rest.count)) { r, status in
                 guard let r, let d = r.pointee.data else { return }
                 let wr = Unmanaged<WriteReq>.fromOpaque(d).takeRetainedValue()
                 r.deallocate()

@@ -98,4 +98,31 @@ final class HotPathTableTests: XCTestCase {
         for i in failedIDs { XCTAssertNil(w.lookup(k(i), now: 60_000)) }
         XCTAssertEqual(w.count, inFlight.count + kept.count)
     }
+
+    func testPartitionPositionsInlineAndBeyond() {
+        var rng = Mix(s: 3)
+        var p = PartitionPositions()
+        var model: [Int32: Int64] = [:]
+        XCTAssertNil(p[0])
+        XCTAssertNil(p[-1])
+        for _ in 0..<5_000 {
+            let part = Int32.random(in: -1..<12, using: &rng)
+            if Bool.random(using: &rng) {
+                let v = Int64.random(in: 0..<1_000_000, using: &rng)
+                p[part] = v
+                if part >= 0 { model[part] = v }
+            } else {
+                p[part] = nil
+                model.removeValue(forKey: part)
+            }
+            XCTAssertEqual(p[part], model[part], "partition \(part)")
+        }
+        XCTAssertEqual(p.sorted.map { $0.0 }, model.keys.sorted())
+        XCTAssertEqual(p.sorted.map { $0.1 }, model.keys.sorted().map { model[$0]! })
+        // Offset 0 and the largest offsets are values, not "absent".
+        p[2] = 0
+        p[9] = Int64.max
+        XCTAssertEqual(p[2], 0)
+        XCTAssertEqual(p[9], Int64.max)
+    }
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Connect a client to a gateway, subscribe to a channel, publish, print what comes back.
 
-    make build && build/bin/streamotter serve --topic chat:3      # a gateway (embedded Kafka)
+    make build && build/bin/streamotter serve --topic orders:3      # a gateway (embedded Kafka)
     pip install bindings/python
     STREAMOTTER_LIBRARY=$PWD/build/lib/libstreamotter.so.0 \
-        python3 examples/python/client.py ws://127.0.0.1:8080/ chat "hello" "otters"
+        python3 examples/python/client.py ws://127.0.0.1:8080/ orders "hello" "otters"
 
 An installed package finds the library through STREAMOTTER_LIBRARY or, after
 `make install`, the system's library path. Without pip install, run it from the source
@@ -23,7 +23,7 @@ import streamotter
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("url", help="gateway URL, e.g. ws://127.0.0.1:8080/")
-    ap.add_argument("channel", nargs="?", default="chat")
+    ap.add_argument("channel", nargs="?", default="orders")
     ap.add_argument("texts", nargs="*", default=["hello from Python"])
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args()
