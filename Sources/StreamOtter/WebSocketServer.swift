@@ -135,6 +135,9 @@ final class WebSocketConnection: TCPStreamDelegate {
         self.server = server
         decoder = FrameDecoder(limits: server.settings.limits)
         outboundBound = server.settings.maxBufferedBytes
+        metrics = server.metrics
+        delegate = server.delegate
+        uvLoop = server.loop.uv
         let now = loopNowMs(server.loop)
         acceptedAt = now
         lastReceive = now
@@ -147,6 +150,12 @@ final class WebSocketConnection: TCPStreamDelegate {
     /// `ws.max_buffered_bytes`, copied: the send path must not load the unowned `server`
     /// (it has a side table, so every such load takes the runtime's slow path).
     private let outboundBound: Int
+    /// Also copied, for the read path (see `outboundBound`). The delegate is held strongly:
+    /// it outlives its connections anyway, and a strong reference costs no weak load per
+    /// message.
+    private let metrics: ServerMetrics
+    private let delegate: WebSocketServerDelegate?
+    private let uvLoop: UnsafeMutablePointer<uv_loop_t>
     var queuedBytes: Int { stream.queuedBytes }
 
     // MARK: sending
@@ -334,8 +343,8 @@ final class WebSocketConnection: TCPStreamDelegate {
     // MARK: TCPStreamDelegate
 
     func streamDidRead(_ stream: TCPStream, _ bytes: UnsafeRawBufferPointer) {
-        lastReceive = loopNowMs(server.loop)
-        server.metrics.bytesIn += UInt64(bytes.count)
+        lastReceive = uv_now(uvLoop)
+        metrics.bytesIn += UInt64(bytes.count)
         switch state {
         case .handshake:
             readHandshake(bytes)
@@ -479,11 +488,11 @@ final class WebSocketConnection: TCPStreamDelegate {
             guard let event else { return }
             switch event {
             case .text(let msg):
-                server.metrics.messagesIn += 1
-                if isOpen { server.delegate?.connectionText(self, msg) }
+                metrics.messagesIn += 1
+                if isOpen { delegate?.connectionText(self, msg) }
             case .binary(let msg):
-                server.metrics.messagesIn += 1
-                if isOpen { server.delegate?.connectionBinary(self, msg) }
+                metrics.messagesIn += 1
+                if isOpen { delegate?.connectionBinary(self, msg) }
             case .ping(let payload):
                 if isOpen { payload.withUnsafeBytes { stream.write(WebSocketConnection.encodeFrame(.pong, $0)) } }
             case .pong:
