@@ -160,7 +160,7 @@ final class KafkaProducer {
             hdrs = rd_kafka_headers_new(headers.count)
             for (name, v) in headers {
                 v.withUnsafeBytes { vb in
-                    _ = rd_kafka_header_add(hdrs, name, -1, vb.baseAddress, vb.count)
+                    _ = rd_kafka_header_add(hdrs, name, name.utf8.count, vb.baseAddress, vb.count)
                 }
             }
         }

@@ -16,6 +16,7 @@
 /// - `from` malformed; partition keys not canonical decimal integers in 0...Int32.max;
 ///   offsets or timestamp not non-negative integers fitting Int64 (no fraction or
 ///   exponent); `offsets` empty -> `invalid_from`.
+/// - `headers` must be an object of strings whose names contain no NUL -> `bad_request`.
 /// - `id`, when present, must be a string of at most 256 Unicode scalars; it is carried
 ///   into every later error so the reply can name the request.
 /// - An optional field (`id`, `from`, `key`, `headers`) set to null counts as absent.
@@ -63,7 +64,7 @@ public enum ProtocolParser {
         var known: (JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?, JSONValue?)
             = (nil, nil, nil, nil, nil, nil, nil)
         var seen: UInt8 = 0
-        var unknownNames: [[UInt8]] = []
+        var unknownNames = Set<[UInt8]>()
         var dataRange: Range<Int>? = nil
         do {
             var scanner = JSONScanner(text)
@@ -117,11 +118,12 @@ public enum ProtocolParser {
                             }
                         } else {
                             try scanner.skipValue(depth: 1)
+                            // A set: a frame of many thousand distinct unknown keys must not
+                            // cost a quadratic number of comparisons on the loop thread.
                             let n = Array(name)
-                            if unknownNames.contains(n) {
+                            if !unknownNames.insert(n).inserted {
                                 throw ProtocolError(code: "bad_request", message: "duplicate field \(String(decoding: n, as: UTF8.self))", id: nil)
                             }
-                            unknownNames.append(n)
                         }
                     }
                     scanner.skipWhitespace()
@@ -217,6 +219,11 @@ public enum ProtocolParser {
                 for (name, value) in members {
                     guard case .string(let s) = value else {
                         throw fail("bad_request", "header \(name) must be a string")
+                    }
+                    // C consumers read header names up to the first NUL: a name with one
+                    // could pose as another (the reserved streamotter-id among them).
+                    if name.utf8.contains(0) {
+                        throw fail("bad_request", "header names must not contain NUL (\\u0000)")
                     }
                     headers.append((name, Array(s.utf8)))
                 }

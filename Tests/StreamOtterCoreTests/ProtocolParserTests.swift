@@ -108,4 +108,34 @@ final class ProtocolParserTests: XCTestCase {
     func testParseArrayOverload() throws {
         XCTAssertEqual(try ProtocolParser.parse(bytes(#"{"op":"unsubscribe","channel":"x"}"#)), .unsubscribe(id: nil, channel: "x"))
     }
+
+    func testEscapedKeysAreTheSameFieldsAndDuplicatesOfThemAreRefused() throws {
+        // Keys are matched on their decoded bytes: an escaped "op" is op, and twice is a duplicate.
+        XCTAssertEqual(try parse(#"{"\u006fp":"unsubscribe","ch\u0061nnel":"x"}"#), .unsubscribe(id: nil, channel: "x"))
+        assertError(#"{"op":"unsubscribe","\u006fp":"unsubscribe","channel":"x"}"#, "bad_request")
+        assertError(#"{"op":"publish","channel":"x","data":1,"d\u0061ta":2}"#, "bad_request")
+        assertError(#"{"op":"unsubscribe","channel":"x","zz":1,"\u007a\u007a":2}"#, "bad_request")
+        // Unknown keys are ignored, and distinct ones are fine however many there are.
+        let many = (0..<20_000).map { "\"k\($0)\":0" }.joined(separator: ",")
+        XCTAssertEqual(try parse("{" + many + #","op":"unsubscribe","channel":"x"}"#), .unsubscribe(id: nil, channel: "x"))
+    }
+
+    func testHeaderNamesWithNulAreRefused() throws {
+        assertError(#"{"op":"publish","id":"p","channel":"c","data":1,"headers":{"streamotter-id\u0000x":"forged"}}"#, "bad_request", id: "p")
+        assertError(#"{"op":"publish","channel":"c","data":1,"headers":{"\u0000":"v"}}"#, "bad_request")
+        // NUL in a header value is fine (values are bytes).
+        guard case .publish(_, _, _, let headers, _) = try parse(#"{"op":"publish","channel":"c","data":1,"headers":{"h":"a\u0000b"}}"#) else {
+            return XCTFail("not a publish")
+        }
+        XCTAssertEqual(headers.first?.1, [0x61, 0, 0x62])
+    }
+
+    func testDataIsCopiedCompactWithStringsUnchanged() throws {
+        guard case .publish(_, _, _, _, let v1) = try parse(#"{"op":"publish","channel":"c","data":{"a":"x y","b":[1, 2]}}"#),
+              case .publish(_, _, _, _, let v2) = try parse(#"{"op":"publish","channel":"c","data":{"a":"x\"y"}}"#) else {
+            return XCTFail("not a publish")
+        }
+        XCTAssertEqual(String(decoding: v1, as: UTF8.self), #"{"a":"x y","b":[1,2]}"#)
+        XCTAssertEqual(String(decoding: v2, as: UTF8.self), #"{"a":"x\"y"}"#)
+    }
 }
