@@ -160,8 +160,17 @@ struct JSONScanner {
         var runStart = index
         var runASCII = true
         var escaped = false
+        let base = bytes.baseAddress
         while true {
-            // Fast path: printable ASCII other than the quote and the backslash.
+            // Fast path: printable ASCII other than the quote and the backslash, eight
+            // bytes at a time, then byte by byte.
+            if let base {
+                while index + 8 <= count {
+                    let w = base.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+                    if JSONScanner.hasSpecialByte(w) { break }
+                    index += 8
+                }
+            }
             while index < count {
                 let c = bytes[index]
                 if c >= 0x20 && c < 0x80 && c != 0x22 && c != 0x5C { index += 1 } else { break }
@@ -227,6 +236,20 @@ struct JSONScanner {
                 index += 1
             }
         }
+    }
+
+    /// True when a byte of `w` is below 0x20, at or above 0x80, a quote or a backslash
+    /// (may also be true for a word without one, never false for a word with one).
+    @inline(__always)
+    static func hasSpecialByte(_ w: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let control = (w &- ones &* 0x20) & ~w & highs           // bytes < 0x20
+        let q = w ^ (ones &* 0x22)
+        let quote = (q &- ones) & ~q & highs                      // bytes == '"'
+        let b = w ^ (ones &* 0x5C)
+        let backslash = (b &- ones) & ~b & highs                  // bytes == '\\'
+        return (control | quote | backslash | (w & highs)) != 0
     }
 
     // MARK: Building values

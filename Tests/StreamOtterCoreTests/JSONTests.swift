@@ -98,4 +98,21 @@ final class JSONTests: XCTestCase {
         XCTAssertEqual(String(decoding: value.serialized(), as: UTF8.self), "{\"a\":[1,{\"b\":\"\\u0001\"}],\"c\":null}")
         XCTAssertEqual(try value.serialized().withUnsafeBytes { try JSON.parse($0) }, value)
     }
+
+    func testSpecialBytesAtEveryPositionOfTheWordScan() throws {
+        // The string scan checks eight bytes at a time: put each kind of byte that ends the
+        // fast path at every offset of a long run and compare with the expected value.
+        for pos in 0..<20 {
+            let pad = String(repeating: "a", count: pos)
+            let tail = String(repeating: "b", count: 19 - pos)
+            XCTAssertEqual(try parse("\"\(pad)\\\"\(tail)\""), .string(pad + "\"" + tail))
+            XCTAssertEqual(try parse("\"\(pad)\\\\\(tail)\""), .string(pad + "\\" + tail))
+            XCTAssertEqual(try parse("\"\(pad)é\(tail)\""), .string(pad + "é" + tail))
+            XCTAssertEqual(try parse("\"\(pad)\(tail)\""), .string(pad + tail))
+            XCTAssertThrowsError(try parse("\"\(pad)\u{1f}\(tail)\""), "control byte at \(pos)")
+            XCTAssertThrowsError(try ([0x22] + Array(pad.utf8) + [0xff] + Array(tail.utf8) + [0x22] as [UInt8]).withUnsafeBytes { try JSON.parse($0) },
+                                 "invalid UTF-8 at \(pos)")
+            XCTAssertThrowsError(try parse("\"\(pad)\(tail)"), "unterminated at \(pos)")
+        }
+    }
 }
