@@ -103,7 +103,7 @@ clean:
 .PHONY: bench
 
 # The benchmark suite (bench/, BENCHMARKS.md): the gateway and its peers side by side on
-# loopback, about 10 minutes on 2 cores; never part of `make test`. Installs the peers'
+# loopback, about 11 minutes on 2 cores; never part of `make test`. Installs the peers'
 # packages when missing. BENCH_ARGS go to bench/run.py (e.g. BENCH_ARGS="--only echo --quick").
 bench: build
 	@missing=""; for p in libuv1-dev librdkafka-dev libwebsockets-dev pkg-config; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -320,8 +320,8 @@ class Suite:
                 try:
                     for conns, window in ((1, 1), (100, 1), (100, 16)):
                         # Round trips are the most sensitive to the neighbours' load: the
-                        # window-1 rows keep the median of three runs.
-                        reps = 3 if window == 1 and not self.quick else 1
+                        # window-1 rows keep the median of five runs.
+                        reps = 5 if window == 1 and not self.quick else 1
                         runs = []
                         for _ in range(reps):
                             runs.append(self.loadgen("echo", system, ["--mode", "echo", "--proto", proto, "--port",
@@ -640,7 +640,7 @@ def tables(results):
         md.append("### Echo: WebSocket round trips (64 B text)\n")
         md.append("Window 1 = strict round trips (send, wait for the echo); window 16 = pipelined. The plain "
                   "TCP echo runs the same bytes without WebSocket framing (the transport ceiling). Window-1 rows: "
-                  "the median of three runs, with the lowest and highest in brackets.\n")
+                  "the median of five runs, with the lowest and highest in brackets.\n")
         rows = []
         for r in ec:
             pic = find(ec, system="picows", conns=r["conns"], window=r["window"])

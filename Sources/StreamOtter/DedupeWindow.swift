@@ -79,12 +79,31 @@ struct DedupeWindow {
         case acked(partition: Int32, offset: Int64)
     }
 
+    /// 32 bytes, so that two fit in a cache line (the table is big and probed at random).
     private struct Slot {
         var a: UInt64 = 0
         var b: UInt64 = 0
-        /// 0: empty.
-        var generation: UInt64 = 0
-        var state: State = .inFlight(token: 0)
+        /// 0: empty. Wraps after 2³² updates, long after any entry it names has left
+        /// `order` (which holds at most `capacity` ≤ 10,000,000 entries).
+        var generation: UInt32 = 0
+        /// -1: in flight (`value` is the token); else acknowledged at (partition, offset).
+        var partition: Int32 = -1
+        var value: UInt64 = 0
+
+        var state: State {
+            partition < 0 ? .inFlight(token: value) : .acked(partition: partition, offset: Int64(bitPattern: value))
+        }
+
+        mutating func set(_ state: State) {
+            switch state {
+            case .inFlight(let token):
+                partition = -1
+                value = token
+            case .acked(let p, let offset):
+                partition = p
+                value = UInt64(bitPattern: offset)
+            }
+        }
     }
 
     let capacity: Int
@@ -92,9 +111,16 @@ struct DedupeWindow {
     private var slots: [Slot] = []
     private var used = 0
     /// Acknowledged entries in acknowledgement order: (key, generation, acked at).
-    private var order: [(PublishKey, UInt64, UInt64)] = []
+    private var order: [(PublishKey, UInt32, UInt64)] = []
     private var head = 0
-    private var generation: UInt64 = 0
+    private var generation: UInt32 = 0
+
+    /// The next generation (never 0, which marks an empty slot).
+    private mutating func nextGeneration() -> UInt32 {
+        generation &+= 1
+        if generation == 0 { generation = 1 }
+        return generation
+    }
 
     init(capacity: Int, ttlMs: UInt64) {
         self.capacity = capacity
@@ -116,16 +142,15 @@ struct DedupeWindow {
     /// Records a publish accepted and handed (or about to be handed) to Kafka.
     mutating func begin(_ key: PublishKey, token: UInt64) {
         guard isEnabled else { return }
-        generation += 1
-        put(key, .inFlight(token: token), generation)
+        put(key, .inFlight(token: token), nextGeneration())
     }
 
     /// Kafka acknowledged the publish.
     mutating func acked(_ key: PublishKey, partition: Int32, offset: Int64, now: UInt64) {
         guard isEnabled else { return }
-        generation += 1
-        put(key, .acked(partition: partition, offset: offset), generation)
-        order.append((key, generation, now))
+        let gen = nextGeneration()
+        put(key, .acked(partition: partition, offset: offset), gen)
+        order.append((key, gen, now))
         expire(now: now)
     }
 
@@ -163,19 +188,21 @@ struct DedupeWindow {
         return nil
     }
 
-    private mutating func put(_ key: PublishKey, _ state: State, _ gen: UInt64) {
+    private mutating func put(_ key: PublishKey, _ state: State, _ gen: UInt32) {
         if (used + 1) * 2 > slots.count { grow() }
         let mask = slots.count - 1
         var i = home(key.a)
         while slots[i].generation != 0 {
             if slots[i].a == key.a && slots[i].b == key.b {
-                slots[i].state = state
+                slots[i].set(state)
                 slots[i].generation = gen
                 return
             }
             i = (i + 1) & mask
         }
-        slots[i] = Slot(a: key.a, b: key.b, generation: gen, state: state)
+        var slot = Slot(a: key.a, b: key.b, generation: gen)
+        slot.set(state)
+        slots[i] = slot
         used += 1
     }
 
