@@ -9,15 +9,15 @@
 rd_kafka_resp_err_t cshim_produce(rd_kafka_t *rk, const char *topic, int32_t partition,
                                   const void *key, size_t keylen,
                                   const void *value, size_t valuelen,
-                                  rd_kafka_headers_t *headers, void *opaque) {
+                                  rd_kafka_headers_t *headers, void *opaque, int64_t timestamp) {
     if (headers)
         return rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_TIMESTAMP(timestamp),
                                  RD_KAFKA_V_VALUE((void *)value, valuelen),
                                  RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_HEADERS(headers),
                                  RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
     return rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_TIMESTAMP(timestamp),
                              RD_KAFKA_V_VALUE((void *)value, valuelen),
                              RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_OPAQUE(opaque),
                              RD_KAFKA_V_END);

@@ -32,6 +32,11 @@ public struct EngineConfig {
     public var dedupeWindowMs: UInt64 = 120_000
     /// Messages per second per replayed partition (0: no limit).
     public var replayRate = 10_000
+    /// Deliver a record published through this engine to the engine's live subscribers as
+    /// soon as Kafka acknowledges it (with acks=all: it is then in the log at that offset),
+    /// instead of waiting for the consumer's next fetch. Only for subscribers whose next
+    /// offset is exactly the record's; anyone else gets it from the fetch, in order.
+    public var deliverOnAck = true
     /// What happens to a subscriber over `ws.max_buffered_bytes`: close it (with its
     /// positions) or pause it until its socket drains.
     public var slowConsumerPause = false
@@ -74,7 +79,7 @@ public struct EngineConfig {
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
         "security.allowed_origins", "limits.max_connections", "limits.max_connections_per_address",
         "limits.max_subscriptions", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
-        "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer",
+        "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "gateway.deliver_on_ack", "ws.slow_consumer",
         "ws.slow_consumer_grace_ms",
     ]
 
@@ -163,6 +168,12 @@ public struct EngineConfig {
         case "gateway.dedupe_window": dedupeWindow = try int(0, 10_000_000)
         case "gateway.dedupe_window_ms": dedupeWindowMs = UInt64(try int(0))
         case "gateway.replay_rate": replayRate = try int(0, 100_000_000)
+        case "gateway.deliver_on_ack":
+            switch value.lowercased() {
+            case "1", "true", "yes", "on": deliverOnAck = true
+            case "0", "false", "no", "off": deliverOnAck = false
+            default: throw ConfigError("gateway.deliver_on_ack: expected true or false, got '\(value)'")
+            }
         case "ws.slow_consumer":
             guard value == "close" || value == "pause" else {
                 throw ConfigError("ws.slow_consumer: expected close or pause, got '\(value)'")

@@ -130,6 +130,8 @@ final class Gateway: WebSocketServerDelegate {
     let consumer: KafkaFanoutConsumer
     let config: EngineConfig
     var feeds: [TopicPartition: PartitionFeed] = [:]
+    /// `gateway.deliver_on_ack`, and the producer waits for all in-sync replicas.
+    let deliverOnAck: Bool
     /// Partition counts by topic with the loop time they were looked up.
     private var partitionCounts: [String: (count: Int32, at: UInt64)] = [:]
     var pendingPublishes = TokenTable<PendingPublish>()
@@ -216,7 +218,7 @@ final class Gateway: WebSocketServerDelegate {
         return false
     }
     var kafkaDescription = ""
-    let startedAt = loopStartTime()
+    let startedAt = wallClockMs()
 
     struct PendingPublish {
         /// Held until the delivery report, so the ack needs no lookup; a connection that
@@ -226,6 +228,8 @@ final class Gateway: WebSocketServerDelegate {
         let channel: String
         /// The dedupe entry, for publishes that carry an id.
         let key: PublishKey?
+        /// The record's CreateTime (ms since the epoch), set by the gateway.
+        let created: Int64
     }
 
     init(loop: EventLoop, server: WebSocketServer, producer: KafkaProducer, consumer: KafkaFanoutConsumer, config: EngineConfig) {
@@ -236,8 +240,11 @@ final class Gateway: WebSocketServerDelegate {
         self.config = config
         flow = FlowState(config: config)
         scratch.reserveCapacity(4096)
-        producer.onDelivery = { [unowned self] token, err, partition, offset in
-            self.delivered(token: token, err: err, partition: partition, offset: offset)
+        deliverOnAck = config.deliverOnAck && producer.acksAll
+        producer.onDelivery = { [unowned self] token, m in
+            let err = m.pointee.err
+            let created = self.delivered(token: token, err: err, partition: m.pointee.partition, offset: m.pointee.offset)
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR && self.deliverOnAck, let created { self.deliverAcknowledged(m, created: created) }
         }
         producer.onError = { err, fatal in
             Log.event(fatal ? "error" : "warn", "kafka_producer_error", ["error": err.description, "fatal": fatal ? "true" : "false"])
@@ -284,6 +291,7 @@ final class Gateway: WebSocketServerDelegate {
         metric("publish_failures_total", "counter", "Publishes that failed.", m.publishFailures)
         metric("publishes_in_flight", "gauge", "Publishes waiting for Kafka.", UInt64(pendingPublishes.count))
         metric("deliveries_total", "counter", "Kafka records delivered to subscribers.", m.deliveries)
+        metric("deliveries_on_ack_total", "counter", "Deliveries sent on the producer's acknowledgement instead of the next fetch.", m.deliveriesOnAck)
         metric("slow_consumer_closes_total", "counter", "Connections closed for exceeding their outbound buffer bound.", m.slowConsumerCloses)
         metric("partition_feeds", "gauge", "Topic-partitions consumed.", UInt64(feeds.count))
         s += flowMetricsText()
@@ -469,20 +477,23 @@ final class Gateway: WebSocketServerDelegate {
                      done: @escaping (KafkaError?, Int32, Int64) -> Void) -> KafkaError? {
         let token = nextToken
         nextToken += 1
-        let rc = producer.produce(topic: topic, partition: partition, key: key, headers: headers, value: value, token: token)
+        let created = wallClockMs()
+        let rc = producer.produce(topic: topic, partition: partition, key: key, headers: headers, value: value,
+                                  token: token, timestamp: created)
         if rc != RD_KAFKA_RESP_ERR_NO_ERROR { return KafkaError(rc) }
-        hostPublishes[token] = done
+        hostPublishes[token] = (done, created)
         return nil
     }
 
-    private var hostPublishes: [UInt64: (KafkaError?, Int32, Int64) -> Void] = [:]
+    private var hostPublishes: [UInt64: ((KafkaError?, Int32, Int64) -> Void, Int64)] = [:]
 
-    private func delivered(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
-        if let done = hostPublishes.removeValue(forKey: token) {
+    /// Answers the publish; returns the record's CreateTime, nil for an unknown token.
+    private func delivered(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) -> Int64? {
+        if let (done, created) = hostPublishes.removeValue(forKey: token) {
             done(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err), partition, offset)
-            return
+            return created
         }
-        publishFinished(token: token, err: err, partition: partition, offset: offset)
+        return publishFinished(token: token, err: err, partition: partition, offset: offset)
     }
 
     // MARK: subscribe
@@ -636,19 +647,12 @@ final class Gateway: WebSocketServerDelegate {
 
     // MARK: fan-out
 
-    private var lastTopicPtr: OpaquePointer?
-    private var lastTopicName = ""
+    private var consumedTopics = TopicNameCache()
+    private var producedTopics = TopicNameCache()
 
     private func consumed(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
         let msg = m.pointee
-        let topic: String
-        if let rkt = msg.rkt {
-            if rkt == lastTopicPtr { topic = lastTopicName } else {
-                topic = String(cString: rd_kafka_topic_name(rkt))
-                lastTopicPtr = rkt
-                lastTopicName = topic
-            }
-        } else { topic = "" }
+        let topic = consumedTopics.name(msg.rkt)
         if msg.err != RD_KAFKA_RESP_ERR_NO_ERROR {
             consumerError(topic: topic, partition: msg.partition, err: msg.err, m)
             return
@@ -659,11 +663,35 @@ final class Gateway: WebSocketServerDelegate {
         _ = fanOut(m, topic: topic, to: feed.subscribers)
     }
 
-    /// Encodes the `message` frame once; every subscriber shares the bytes.
-    func encodeMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) -> OutBuffer {
-        let msg = m.pointee
+    /// A record this engine produced, just acknowledged by Kafka with acks=all: it is in the
+    /// log at this offset, and a fetch would return the same record (topic, partition,
+    /// offset, timestamp, key, headers, value). Live subscribers whose next offset is
+    /// exactly this one get it now; the fetch brings it again later and `fanOut` skips it
+    /// for them. Subscribers behind it (records from other producers not fetched yet) wait
+    /// for the fetch, which keeps every subscription in offset order without gaps.
+    ///
+    /// The timestamp is the one a fetch would show: the broker's LogAppendTime when it
+    /// returned one (topics with message.timestamp.type=LogAppendTime), else the CreateTime
+    /// the gateway set. librdkafka's mock cluster returns a fixed LogAppendTime of 1234 ms
+    /// while its log keeps CreateTime, so an append time a day or more before the record
+    /// was created is not taken.
+    private func deliverAcknowledged(_ m: UnsafeMutablePointer<rd_kafka_message_t>, created: Int64) {
+        guard !feeds.isEmpty, m.pointee.offset >= 0, m.pointee.rkt != nil else { return }
+        let topic = producedTopics.name(m.pointee.rkt)
+        guard let feed = feeds[TopicPartition(topic: topic, partition: m.pointee.partition)],
+              feed.assigned, !feed.subscribers.isEmpty else { return }
         var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(m, &tstype)
+        let shown = tstype == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME && ts >= created - 86_400_000 ? ts : created
+        server.metrics.deliveriesOnAck += UInt64(fanOut(m, topic: topic, to: feed.subscribers, exactly: true, timestamp: shown))
+    }
+
+    /// Encodes the `message` frame once; every subscriber shares the bytes.
+    /// `timestamp` replaces the message's own.
+    func encodeMessage(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String, timestamp: Int64? = nil) -> OutBuffer {
+        let msg = m.pointee
+        var tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let ts = timestamp ?? rd_kafka_message_timestamp(m, &tstype)
         var headers: [(String, UnsafeRawBufferPointer?)] = []
         forEachHeader(m) { headers.append(($0, $1)) }
         let key = msg.key.map { UnsafeRawBufferPointer(start: $0, count: msg.key_len) }
@@ -719,8 +747,31 @@ final class Gateway: WebSocketServerDelegate {
     }
 }
 
-func loopStartTime() -> Int64 {
+/// The name of the last topic handle seen, kept as a String so that the per-record path
+/// does not build one per message. Checked against the handle's own name, since a handle
+/// freed and another allocated at the same address must not inherit the old name.
+struct TopicNameCache {
+    private var handle: OpaquePointer?
+    private var cName: UnsafePointer<CChar>?
+    private var cached = ""
+
+    mutating func name(_ rkt: OpaquePointer?) -> String {
+        guard let rkt else { return "" }
+        let c = rd_kafka_topic_name(rkt)
+        if rkt == handle, let cName, c == cName || (c.map { strcmp($0, cName) == 0 } ?? false) {
+            return cached
+        }
+        cached = c.map { String(cString: $0) } ?? ""
+        handle = rkt
+        cName = c
+        return cached
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+func wallClockMs() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
 }
+

@@ -10,6 +10,7 @@ struct HeldPublish {
     let key: [UInt8]?
     let headers: [(String, [UInt8])]
     let value: [UInt8]
+    let created: Int64
 }
 
 /// The gateway's delivery-guarantee state: the publish dedupe window, publishes held back by
@@ -89,17 +90,18 @@ extension Gateway {
         let token = nextToken
         nextToken += 1
         server.metrics.publishes += 1
-        pendingPublishes.insert(token, PendingPublish(connection: c, id: id, channel: channel, key: pkey))
+        let created = wallClockMs()
+        pendingPublishes.insert(token, PendingPublish(connection: c, id: id, channel: channel, key: pkey, created: created))
         if let pkey { flow.dedupe.begin(pkey, token: token) }
         if flow.heldCount == 0 {
-            let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token)
+            let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token, timestamp: created)
             if rc == RD_KAFKA_RESP_ERR_NO_ERROR { return }
             if rc != RD_KAFKA_RESP_ERR__QUEUE_FULL {
                 publishFinished(token: token, err: rc, partition: -1, offset: -1)
                 return
             }
         }
-        hold(HeldPublish(token: token, connection: c.id, channel: channel, key: key, headers: headers, value: value), c)
+        hold(HeldPublish(token: token, connection: c.id, channel: channel, key: key, headers: headers, value: value, created: created), c)
     }
 
     /// The producer queue is full: keep the publish, stop reading from its connection (TCP
@@ -121,7 +123,8 @@ extension Gateway {
         guard flow.heldCount > 0 else { return }
         while flow.heldHead < flow.held.count {
             let h = flow.held[flow.heldHead]
-            let rc = producer.produce(topic: h.channel, key: h.key, headers: h.headers, value: h.value, token: h.token)
+            let rc = producer.produce(topic: h.channel, key: h.key, headers: h.headers, value: h.value, token: h.token,
+                                      timestamp: h.created)
             if rc == RD_KAFKA_RESP_ERR__QUEUE_FULL { break }
             flow.heldHead += 1
             if rc != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -150,8 +153,10 @@ extension Gateway {
 
     /// The outcome of one publish (a delivery report, or a local error): answers the
     /// publishing request and every resend waiting for it.
-    func publishFinished(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
-        guard let p = pendingPublishes.remove(token) else { return }
+    /// Returns the record's CreateTime, nil for an unknown token.
+    @discardableResult
+    func publishFinished(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) -> Int64? {
+        guard let p = pendingPublishes.remove(token) else { return nil }
         let ok = err == RD_KAFKA_RESP_ERR_NO_ERROR
         if ok {
             server.metrics.acks += 1
@@ -175,6 +180,7 @@ extension Gateway {
                 if let c = server.connections[conn] { answer(c, id) }
             }
         }
+        return p.created
     }
 
     /// True for the reserved id header name, in any letter case.
@@ -349,20 +355,25 @@ extension Gateway {
         lane.replayed += UInt64(fanOut(m, topic: tp.topic, to: f.subscribers))
     }
 
-    /// Sends one consumed message to the subscribers that need it (offset at or past their
-    /// next offset); the frame is encoded once. Returns how many got it.
-    func fanOut(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String, to subscribers: [ChannelSubscription]) -> Int {
+    /// Sends one record to the subscribers that need it (offset at or past their next
+    /// offset; with `exactly`, only those whose next offset is this one); the frame is
+    /// encoded once. Returns how many got it.
+    func fanOut(_ m: UnsafeMutablePointer<rd_kafka_message_t>, topic: String, to subscribers: [ChannelSubscription],
+                exactly: Bool = false, timestamp: Int64? = nil) -> Int {
         let partition = m.pointee.partition
         let offset = m.pointee.offset
         var frame: OutBuffer?
         var n = 0
         for sub in subscribers {
-            guard offset >= sub.next[partition] ?? Int64.max else { continue }
+            guard let next = sub.next[partition], exactly ? offset == next : offset >= next else { continue }
             let c = sub.connection
             // Nothing is delivered on an expired credential (the connection is closing).
             if c.credentialExpired { continue }
+            // Ahead of the fetch only while the socket keeps up: a burst of acknowledgements
+            // (after a producer stall) is left to the fetches, which come in bounded batches.
+            if exactly && !c.keepsUp { continue }
             sub.next[partition] = offset + 1
-            if frame == nil { frame = encodeMessage(m, topic: topic) }
+            if frame == nil { frame = encodeMessage(m, topic: topic, timestamp: timestamp) }
             n += 1
             if c.sendShared(frame!) == .overBound { noteOverBound(c) }
         }

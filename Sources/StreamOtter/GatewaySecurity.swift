@@ -265,7 +265,7 @@ final class GatewayAudit {
     func limit(_ c: WebSocketConnection, reason: String) {
         guard enabled else { return }
         // One line per connection per 10 s at most: a flooding client must not flood the log.
-        let now = loopStartTime()
+        let now = wallClockMs()
         if let last = lastLimitLine[c.id], now - last < 10_000 { return }
         lastLimitLine[c.id] = now
         record(AuditEvent(kind: .limitExceeded, connectionID: c.id, subject: c.identity.subject, peer: c.peer, reason: reason))

@@ -99,8 +99,10 @@ final class KafkaProducer {
     let rk: OpaquePointer
     private let queue: OpaquePointer
     private var watcher: KafkaQueueWatcher?
-    /// (token, error, partition, offset) for every produced record, exactly once.
-    var onDelivery: ((UInt64, rd_kafka_resp_err_t, Int32, Int64) -> Void)?
+    /// (token, delivery report) for every produced record, exactly once. The message
+    /// (topic, partition, offset, error, key, value, headers, timestamp) is valid for the
+    /// call only.
+    var onDelivery: ((UInt64, UnsafeMutablePointer<rd_kafka_message_t>) -> Void)?
     var onError: ((KafkaError, Bool) -> Void)?
     /// Called after a pass that served at least one event (delivery reports free queue
     /// room: the moment to retry publishes held back by a full queue).
@@ -114,8 +116,15 @@ final class KafkaProducer {
         ("partitioner", "murmur2_random"),
     ]
 
+    /// True when every acknowledged record is in the log of all in-sync replicas (acks=all,
+    /// the default): only then is an acknowledged offset the one consumers will read.
+    let acksAll: Bool
+
     init(loop: EventLoop, props: [(String, String)]) throws {
-        let conf = try makeKafkaConf(KafkaProducer.defaults + props)
+        let all = KafkaProducer.defaults + props
+        let acks = all.last { $0.0 == "acks" || $0.0 == "request.required.acks" }?.1 ?? "all"
+        acksAll = acks == "all" || acks == "-1"
+        let conf = try makeKafkaConf(all)
         rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR))
         var err = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &err, err.count) else {
@@ -136,7 +145,7 @@ final class KafkaProducer {
             case Int32(RD_KAFKA_EVENT_DR):
                 while let m = rd_kafka_event_message_next(ev) {
                     let token = UInt64(UInt(bitPattern: m.pointee._private))
-                    onDelivery?(token, m.pointee.err, m.pointee.partition, m.pointee.offset)
+                    onDelivery?(token, UnsafeMutablePointer(mutating: m))  // read only
                 }
             case Int32(RD_KAFKA_EVENT_ERROR):
                 let code = rd_kafka_event_error(ev)
@@ -153,8 +162,9 @@ final class KafkaProducer {
     }
 
     /// Queues one record (copied). `token` comes back in `onDelivery`.
+    /// `timestamp` is the record's CreateTime in ms since the epoch (0: now).
     func produce(topic: String, partition: Int32 = -1, key: [UInt8]?, headers: [(String, [UInt8])],
-                 value: [UInt8], token: UInt64) -> rd_kafka_resp_err_t {
+                 value: [UInt8], token: UInt64, timestamp: Int64 = 0) -> rd_kafka_resp_err_t {
         var hdrs: OpaquePointer? = nil
         if !headers.isEmpty {
             hdrs = rd_kafka_headers_new(headers.count)
@@ -169,10 +179,10 @@ final class KafkaProducer {
             if let key {
                 return key.withUnsafeBytes { kb in
                     cshim_produce(rk, topic, partition, kb.baseAddress ?? UnsafeRawPointer(bitPattern: 1), kb.count,
-                                  vb.baseAddress, vb.count, hdrs, opaque)
+                                  vb.baseAddress, vb.count, hdrs, opaque, timestamp)
                 }
             }
-            return cshim_produce(rk, topic, partition, nil, 0, vb.baseAddress, vb.count, hdrs, opaque)
+            return cshim_produce(rk, topic, partition, nil, 0, vb.baseAddress, vb.count, hdrs, opaque, timestamp)
         }
         if rc != RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs { rd_kafka_headers_destroy(hdrs) }
         return rc

@@ -12,7 +12,7 @@ public enum Log {
         guard (order[level] ?? 1) >= (order[Log.level] ?? 1) else { return }
         var out: [UInt8] = []
         out.reserveCapacity(128)
-        out += Array("{\"ts\":\(loopStartTime()),\"level\":".utf8)
+        out += Array("{\"ts\":\(wallClockMs()),\"level\":".utf8)
         JSON.appendString(level, to: &out)
         out += Array(",\"event\":".utf8)
         JSON.appendString(name, to: &out)

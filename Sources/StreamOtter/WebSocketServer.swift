@@ -157,6 +157,9 @@ final class WebSocketConnection: TCPStreamDelegate {
     private let delegate: WebSocketServerDelegate?
     private let uvLoop: UnsafeMutablePointer<uv_loop_t>
     var queuedBytes: Int { stream.queuedBytes }
+    /// Less than a quarter of `ws.max_buffered_bytes` waits to be written: the socket keeps
+    /// up, and a record may be sent ahead of the next Kafka fetch (`gateway.deliver_on_ack`).
+    var keepsUp: Bool { stream.queuedBytes < outboundBound / 4 }
 
     // MARK: sending
 
@@ -530,6 +533,8 @@ final class ServerMetrics {
     var acks: UInt64 = 0
     var publishFailures: UInt64 = 0
     var deliveries: UInt64 = 0
+    /// Of `deliveries`, those sent on the producer's acknowledgement (`gateway.deliver_on_ack`).
+    var deliveriesOnAck: UInt64 = 0
     var slowConsumerCloses: UInt64 = 0
     var authFailures: UInt64 = 0
     var expiredCloses: UInt64 = 0
@@ -656,11 +661,11 @@ final class WebSocketServer {
     }
 
     /// Wall clock (ms since the epoch) as of the last sweep tick.
-    private(set) var wallNowMs: Int64 = loopStartTime()
+    private(set) var wallNowMs: Int64 = wallClockMs()
 
     private func sweep() {
         let now = loopNowMs(loop)
-        wallNowMs = loopStartTime()
+        wallNowMs = wallClockMs()
         for c in connections.values where c.needsSweep { c.sweep(now: now) }
         for (k, (s, deadline)) in streams where now >= deadline {
             streams.removeValue(forKey: k)

@@ -7,12 +7,13 @@
 #include <librdkafka/rdkafka.h>
 #include <uv.h>
 
-/* Produces one record (copied). On success librdkafka owns `headers` (may be NULL); on
- * failure the caller still owns them. Returns the librdkafka error code. */
+/* Produces one record (copied) with CreateTime `timestamp` (ms since the epoch; 0: now).
+ * On success librdkafka owns `headers` (may be NULL); on failure the caller still owns
+ * them. Returns the librdkafka error code. */
 rd_kafka_resp_err_t cshim_produce(rd_kafka_t *rk, const char *topic, int32_t partition,
                                   const void *key, size_t keylen,
                                   const void *value, size_t valuelen,
-                                  rd_kafka_headers_t *headers, void *opaque);
+                                  rd_kafka_headers_t *headers, void *opaque, int64_t timestamp);
 
 /* Creates a non-blocking, close-on-exec pipe; fds[0] read end, fds[1] write end. */
 int cshim_pipe(int fds[2]);
