@@ -480,6 +480,11 @@ class Suite:
         # 50%, to show what that setting does here.
         self.guarded("latency defaults", point, system + ", shipped defaults", ["--rate", round(max_rate * 0.5)],
                      {"load_pct": 50, "config": "defaults", "max_records_per_s": max_rate}, [], "streamotter-defaults")
+        # Every delivery from a fetch (gateway.deliver_on_ack=false): what subscribers see of
+        # records that other producers (kcat, other gateways) write.
+        self.guarded("latency fetch path", point, system + ", deliveries from fetches only", ["--rate", round(max_rate * 0.5)],
+                     {"load_pct": 50, "config": "fetch", "max_records_per_s": max_rate},
+                     GATEWAY_SETTINGS + ["--set", "gateway.deliver_on_ack=false"], "streamotter-fetch")
 
 
 # -------------------------------------------------------------------- machine, versions
@@ -732,6 +737,11 @@ def targets(results):
         ms = d50["p99_us"] / 1000
         add("p99 publish-to-delivery at 50% load, shipped defaults", "< 10 ms", f"{ms:.1f} ms", ms < 10,
             "live consumer fetch.wait.max.ms=500 (librdkafka default) on the mock broker")
+    f50 = find(results, workload="latency", load_pct=50, config="fetch")
+    if f50:
+        ms = f50["p99_us"] / 1000
+        add("p99 publish-to-delivery at 50% load, deliveries from fetches only", "< 10 ms", f"{ms:.1f} ms", ms < 10,
+            "gateway.deliver_on_ack=false: the path of records written by other producers")
     return out
 
 
