@@ -172,7 +172,13 @@ final class DeliveryStateTests: XCTestCase {
         XCTAssertEqual(c.slowConsumerGraceMs, 300)
         XCTAssertThrowsError(try c.set("ws.slow_consumer", "drop")) { XCTAssertTrue("\($0)".contains("ws.slow_consumer")) }
         XCTAssertThrowsError(try c.set("gateway.replay_rate", "-1")) { XCTAssertTrue("\($0)".contains("gateway.replay_rate")) }
-        for k in ["gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "ws.slow_consumer", "ws.slow_consumer_grace_ms"] {
+        XCTAssertTrue(c.deliverOnAck)
+        try c.set("gateway.deliver_on_ack", "false")
+        XCTAssertFalse(c.deliverOnAck)
+        try c.set("gateway.deliver_on_ack", "on")
+        XCTAssertTrue(c.deliverOnAck)
+        XCTAssertThrowsError(try c.set("gateway.deliver_on_ack", "maybe")) { XCTAssertTrue("\($0)".contains("gateway.deliver_on_ack")) }
+        for k in ["gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "gateway.deliver_on_ack", "ws.slow_consumer", "ws.slow_consumer_grace_ms"] {
             XCTAssertTrue(EngineConfig.knownKeys.contains(k), k)
         }
     }
