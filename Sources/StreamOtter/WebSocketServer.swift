@@ -157,9 +157,11 @@ final class WebSocketConnection: TCPStreamDelegate {
     private let delegate: WebSocketServerDelegate?
     private let uvLoop: UnsafeMutablePointer<uv_loop_t>
     var queuedBytes: Int { stream.queuedBytes }
-    /// Less than a quarter of `ws.max_buffered_bytes` waits to be written: the socket keeps
-    /// up, and a record may be sent ahead of the next Kafka fetch (`gateway.deliver_on_ack`).
-    var keepsUp: Bool { stream.queuedBytes < outboundBound / 4 }
+    /// The kernel takes what is written: less than 64 KiB (and a quarter of
+    /// `ws.max_buffered_bytes`) waits in the queue, so a record may be sent ahead of the
+    /// next Kafka fetch (`gateway.deliver_on_ack`). A subscriber with more queued is
+    /// catching up, and fetched batches serve it better.
+    var keepsUp: Bool { stream.queuedBytes < min(64 * 1024, outboundBound / 4) }
 
     // MARK: sending
 
