@@ -175,6 +175,7 @@ public final class Engine {
             try s.listen(host: cfg.listenHost, port: cfg.listenPort, reusePort: cfg.reusePort)
             port = s.port
             listenAddress = s.boundAddress
+            if cfg.reusePort { g.joinMetricsGroup("\(cfg.listenHost):\(s.port)") }
         } catch {
             tearDown()
             throw error
@@ -291,6 +292,7 @@ public final class Engine {
                 Log.event("warn", "producer_flush_incomplete", ["outstanding": String(p.outstanding)])
             }
         }
+        gateway?.leaveMetricsGroup()
         gateway?.closeFlow()
         consumer?.close()
         consumer = nil

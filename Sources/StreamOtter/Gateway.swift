@@ -130,6 +130,8 @@ final class Gateway: WebSocketServerDelegate {
     let consumer: KafkaFanoutConsumer
     let config: EngineConfig
     var feeds: [TopicPartition: PartitionFeed] = [:]
+    private var metricsGroup: MetricsGroup?
+    private var metricsTimer: LoopTimer?
     /// `gateway.deliver_on_ack`, and the producer waits for all in-sync replicas.
     let deliverOnAck: Bool
     /// Partition counts by topic with the loop time they were looked up.
@@ -263,7 +265,7 @@ final class Gateway: WebSocketServerDelegate {
         }
         switch request.path {
         case "/healthz":
-            let body = "{\"status\":\"\(shuttingDown ? "stopping" : "ok")\",\"connections\":\(server.metrics.openWebSockets),\"kafka\":\"\(kafkaDescription)\"}\n"
+            let body = "{\"status\":\"\(shuttingDown ? "stopping" : "ok")\",\"connections\":\(groupConnections),\"kafka\":\"\(kafkaDescription)\"}\n"
             return (shuttingDown ? 503 : 200, "application/json", body)
         case "/metrics":
             return (200, "text/plain; version=0.0.4", metricsText())
@@ -272,12 +274,13 @@ final class Gateway: WebSocketServerDelegate {
         }
     }
 
-    private func metricsText() -> String {
+    /// Every metric of this engine as (name, type, help, value), always in the same order.
+    func metricSamples() -> [MetricSample] {
         let m = server.metrics
-        var s = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) {
-            s += "# HELP streamotter_\(name) \(help)\n# TYPE streamotter_\(name) \(type)\nstreamotter_\(name) \(v)\n"
-        }
+        var s: [MetricSample] = []
+        s.reserveCapacity(32)
+        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) { s.append(MetricSample(name, type, help, v)) }
+        // First: `groupConnections` reads it from the other engines' snapshots.
         metric("connections_open", "gauge", "Open WebSocket connections.", UInt64(server.metrics.openWebSockets))
         metric("connections_opened_total", "counter", "WebSocket connections opened.", m.connectionsOpened)
         metric("messages_in_total", "counter", "WebSocket messages received.", m.messagesIn)
@@ -294,8 +297,51 @@ final class Gateway: WebSocketServerDelegate {
         metric("deliveries_on_ack_total", "counter", "Deliveries sent on the producer's acknowledgement instead of the next fetch.", m.deliveriesOnAck)
         metric("slow_consumer_closes_total", "counter", "Connections closed for exceeding their outbound buffer bound.", m.slowConsumerCloses)
         metric("partition_feeds", "gauge", "Topic-partitions consumed.", UInt64(feeds.count))
-        s += flowMetricsText()
+        flowMetricSamples(into: &s)
         return s
+    }
+
+    /// The Prometheus text: this engine's figures, plus the latest snapshots of the other
+    /// engines on the same listener (`--engines N`), so every scrape sees the whole process.
+    private func metricsText() -> String {
+        var samples = metricSamples()
+        if let group = metricsGroup {
+            for other in group.others(self) where other.count == samples.count {
+                for i in samples.indices { samples[i].value &+= other[i] }
+            }
+        }
+        var s = ""
+        for m in samples {
+            s += "# HELP streamotter_\(m.name) \(m.help)\n# TYPE streamotter_\(m.name) \(m.type)\nstreamotter_\(m.name) \(m.value)\n"
+        }
+        return s
+    }
+
+    /// Open WebSocket connections of this engine and the other engines on its listener.
+    private var groupConnections: UInt64 {
+        var n = UInt64(server.metrics.openWebSockets)
+        for other in metricsGroup?.others(self) ?? [] { n &+= other.first ?? 0 }
+        return n
+    }
+
+    /// Shares this engine's figures with the other engines listening on `key` (SO_REUSEPORT
+    /// engines of one process), refreshed every 500 ms on this loop.
+    func joinMetricsGroup(_ key: String) {
+        let group = MetricsGroup.named(key)
+        metricsGroup = group
+        group.publish(self, metricSamples().map(\.value))
+        let t = LoopTimer(loop: loop)
+        t.start(afterMs: 500, repeatMs: 500, unref: true) { [unowned self] in
+            self.metricsGroup?.publish(self, self.metricSamples().map(\.value))
+        }
+        metricsTimer = t
+    }
+
+    func leaveMetricsGroup() {
+        metricsTimer?.close()
+        metricsTimer = nil
+        metricsGroup?.withdraw(self)
+        metricsGroup = nil
     }
 
     // MARK: connections
@@ -744,6 +790,59 @@ final class Gateway: WebSocketServerDelegate {
             Log.event("error", "kafka_assign_failed", ["topic": topic, "partition": String(partition), "error": e.description])
         }
         feed.position = 0
+    }
+}
+
+/// One metric of an engine.
+struct MetricSample {
+    let name: String
+    let type: String
+    let help: String
+    var value: UInt64
+    init(_ name: String, _ type: String, _ help: String, _ value: UInt64) {
+        self.name = name
+        self.type = type
+        self.help = help
+        self.value = value
+    }
+}
+
+/// The engines of one process that listen on the same address (SO_REUSEPORT): the kernel
+/// hands each HTTP request to one of them, so each keeps a snapshot of its figures here
+/// for the others to add. Any thread.
+final class MetricsGroup: @unchecked Sendable {
+    private nonisolated(unsafe) static var groups: [String: MetricsGroup] = [:]
+    private nonisolated(unsafe) static var groupsMutex = pthread_mutex_t()
+    private var mutex = pthread_mutex_t()
+    private var snapshots: [ObjectIdentifier: [UInt64]] = [:]
+
+    static func named(_ key: String) -> MetricsGroup {
+        pthread_mutex_lock(&groupsMutex)
+        defer { pthread_mutex_unlock(&groupsMutex) }
+        if let g = groups[key] { return g }
+        let g = MetricsGroup()
+        groups[key] = g
+        return g
+    }
+
+    func publish(_ who: AnyObject, _ values: [UInt64]) {
+        pthread_mutex_lock(&mutex)
+        snapshots[ObjectIdentifier(who)] = values
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func withdraw(_ who: AnyObject) {
+        pthread_mutex_lock(&mutex)
+        snapshots.removeValue(forKey: ObjectIdentifier(who))
+        pthread_mutex_unlock(&mutex)
+    }
+
+    /// The latest snapshots of every member but `who`.
+    func others(_ who: AnyObject) -> [[UInt64]] {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        let me = ObjectIdentifier(who)
+        return snapshots.filter { $0.key != me }.map(\.value)
     }
 }
 

@@ -488,11 +488,8 @@ extension Gateway {
 
     // MARK: metrics and shutdown
 
-    func flowMetricsText() -> String {
-        var s = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) {
-            s += "# HELP streamotter_\(name) \(help)\n# TYPE streamotter_\(name) \(type)\nstreamotter_\(name) \(v)\n"
-        }
+    func flowMetricSamples(into s: inout [MetricSample]) {
+        func metric(_ name: String, _ type: String, _ help: String, _ v: UInt64) { s.append(MetricSample(name, type, help, v)) }
         metric("publish_dedupe_hits_total", "counter", "Publish resends answered with the original outcome instead of a second record.", flow.dedupeHits)
         metric("publish_dedupe_entries", "gauge", "Entries in the publish dedupe window.", UInt64(flow.dedupe.count))
         metric("publishes_held", "gauge", "Publishes waiting for room in the producer queue.", UInt64(flow.heldCount))
@@ -502,7 +499,6 @@ extension Gateway {
         metric("replay_parks_total", "counter", "Replays stopped until the subscriber's socket drained.", flow.parks)
         metric("replay_feeds", "gauge", "Topic-partitions being replayed to subscribers behind the live feed.", UInt64(flow.replay?.feeds.count ?? 0))
         metric("replay_messages_total", "counter", "Messages delivered from replays.", flow.replay?.replayed ?? 0)
-        return s
     }
 
     /// Closes the replay consumer and timers (engine teardown, loop thread).

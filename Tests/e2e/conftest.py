@@ -34,7 +34,7 @@ STARTUP_TIMEOUT = float(os.environ.get("STREAMOTTER_E2E_STARTUP_TIMEOUT", "20"))
 STOP_TIMEOUT = 20.0
 
 RE_BOOTSTRAP = re.compile(r"^kafka: (?:embedded )?bootstrap\.servers=(\S+)\s*$")
-RE_LISTENING = re.compile(r"^listening: ws://([^/\s]+):(\d+)/\s*$")
+RE_LISTENING = re.compile(r"^listening: ws://([^/\s]+):(\d+)/(?: \(\d+ engines\))?\s*$")
 
 
 # --------------------------------------------------------------------------- binary

@@ -1,5 +1,6 @@
 """HTTP on the gateway's port, spoken with raw sockets."""
 
+import asyncio
 import base64
 import json
 import os
@@ -132,3 +133,38 @@ def test_permessage_deflate_offer_is_safe(gateway):
         await c.close()
 
     run(go(), 30)
+
+
+def test_metrics_and_healthz_cover_every_engine(gateway_factory):
+    """With --engines 2 the kernel hands each HTTP request to one engine; each answers for
+    the whole process (its own figures plus the others' snapshots, at most 500 ms old)."""
+    gw = gateway_factory.start(topics={"m": 3}, args=["--engines", "2"])
+    topic = gw.topic("m")
+    conns, per_conn = 16, 5
+
+    async def go():
+        clients = [await Client.connect(gw.url, f"c{i}") for i in range(conns)]
+        for c in clients:
+            for j in range(per_conn):
+                r = await c.call({"op": "publish", "id": f"{c.name}-{j}", "channel": topic, "data": {"j": j}})
+                assert r["op"] == "ack", r
+        await asyncio.sleep(1.2)  # two snapshot periods
+        seen = []
+        for _ in range(12):  # fresh TCP connections: both engines get some of them
+            status, _, body, raw = http_exchange(gw.host, gw.port, get(gw, "/metrics"))
+            assert status == 200, raw
+            vals = {}
+            for ln in body.decode().splitlines():
+                if ln.startswith("streamotter_"):
+                    name, v = ln.split()
+                    vals[name] = int(v)
+            status, _, hbody, raw = http_exchange(gw.host, gw.port, get(gw, "/healthz"))
+            assert status == 200, raw
+            seen.append((vals["streamotter_connections_open"], vals["streamotter_publish_acks_total"],
+                         vals["streamotter_publishes_total"], json.loads(hbody)["connections"]))
+        for c in clients:
+            await c.close()
+        return seen
+
+    seen = run(go())
+    assert all(s == (conns, conns * per_conn, conns * per_conn, conns) for s in seen), seen
