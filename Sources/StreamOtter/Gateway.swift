@@ -846,23 +846,15 @@ final class MetricsGroup: @unchecked Sendable {
     }
 }
 
-/// The name of the last topic handle seen, kept as a String so that the per-record path
-/// does not build one per message. Checked against the handle's own name, since a handle
-/// freed and another allocated at the same address must not inherit the old name.
+/// The name of the last topic seen, kept as a String so that the per-record path does
+/// not build one per message. Compared by name (a few bytes): a handle's address alone
+/// could be reused by another topic once the first handle is freed.
 struct TopicNameCache {
-    private var handle: OpaquePointer?
-    private var cName: UnsafePointer<CChar>?
     private var cached = ""
 
     mutating func name(_ rkt: OpaquePointer?) -> String {
-        guard let rkt else { return "" }
-        let c = rd_kafka_topic_name(rkt)
-        if rkt == handle, let cName, c == cName || (c.map { strcmp($0, cName) == 0 } ?? false) {
-            return cached
-        }
-        cached = c.map { String(cString: $0) } ?? ""
-        handle = rkt
-        cName = c
+        guard let rkt, let c = rd_kafka_topic_name(rkt) else { return "" }
+        if cached.withCString({ strcmp($0, c) }) != 0 { cached = String(cString: c) }
         return cached
     }
 }
