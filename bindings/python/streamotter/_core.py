@@ -107,7 +107,11 @@ class Owner:
 
     def __init__(self) -> None:
         self.ids: set[int] = set()
-        self.lock = threading.Lock()
+        # Re-entrant: the cyclic GC can run a Client's or Engine's __del__ (which takes
+        # these locks) on a thread that is inside one of these sections, at any
+        # allocation; a plain Lock then deadlocks that thread (seen in
+        # test_gc_on_other_threads_while_callbacks_run: a CI run hung for 10 minutes).
+        self.lock = threading.RLock()
 
     def release_all(self, exc: BaseException | None) -> None:
         for i in list(self.ids):
