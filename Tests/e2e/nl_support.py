@@ -156,6 +156,37 @@ def kafka_records(bootstrap: str, topic: str, expect: int, timeout: float = 60):
         c.close()
 
 
+def check_acked_in_kafka(acks: dict, recs: list) -> tuple[list, int]:
+    """Checks acknowledged publishes against what Kafka holds. `acks` maps an id to its
+    `ack` frame, `recs` is kafka_records() output. Every acked id must be in Kafka at the
+    partition and offset its ack names. Returns (problems, mock_copies): the ids breaking
+    that, and the number of extra copies that the mock cluster alone writes.
+
+    librdkafka's mock cluster checks producer sequence numbers for transactional
+    producers only: when a broker goes away after appending a batch but before its
+    response went out, the idempotent producer's retry (same producer id and sequence)
+    is appended again, and the ack names the retry's offsets. Apache Kafka answers that
+    retry with the first append's offsets instead. Such a copy is told apart exactly: same
+    partition, lower offset, same key and value; any other copy is a problem."""
+    by_id = collections.defaultdict(list)
+    for p, o, k, v, h in recs:
+        by_id[h.get("streamotter-id")].append((p, o, k, v))
+    problems, mock_copies = [], 0
+    for i, a in acks.items():
+        copies = by_id.get(i, [])
+        acked = [c for c in copies if (c[0], c[1]) == (a["partition"], a["offset"])]
+        if len(acked) != 1:
+            problems.append((i, (a["partition"], a["offset"]), [c[:2] for c in copies]))
+            continue
+        _, o, k, v = acked[0]
+        extra = [c for c in copies if c is not acked[0]]
+        if all(c[0] == a["partition"] and c[1] < o and (c[2], c[3]) == (k, v) for c in extra):
+            mock_copies += len(extra)
+        else:
+            problems.append((i, (a["partition"], a["offset"]), [c[:2] for c in copies]))
+    return problems, mock_copies
+
+
 def produce_paced(bootstrap: str, topic: str, n: int, rate: float, value=None, key=None,
                   extra_conf: dict | None = None) -> float:
     """Produce `n` records at about `rate` per second with confluent-kafka (a peer, not our
