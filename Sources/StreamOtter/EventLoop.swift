@@ -76,6 +76,21 @@ final class EventLoop {
         for c in batch { c() }
     }
 
+    /// Spare write buffers of `TCPStream.tailSize` bytes (loop thread only). A socket
+    /// takes one for the small frames of a turn and hands it back when the kernel took
+    /// them at once, so the steady state allocates none; at most `tailPoolMax` are kept
+    /// (1 MiB), and an idle socket holds none.
+    private var tailPool: [OutBuffer] = []
+    static let tailPoolMax = 256
+
+    func takeTailBuffer() -> OutBuffer {
+        tailPool.popLast() ?? OutBuffer(capacity: TCPStream.tailSize)
+    }
+
+    func recycleTailBuffer(_ b: OutBuffer) {
+        if tailPool.count < EventLoop.tailPoolMax && b.count == TCPStream.tailSize { tailPool.append(b) }
+    }
+
     /// Marks `f` to be flushed at the end of this loop turn (loop thread only).
     func markDirty(_ f: TurnFlushable) {
         dirty.append(f)

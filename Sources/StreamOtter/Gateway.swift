@@ -327,9 +327,7 @@ final class Gateway: WebSocketServerDelegate {
     /// Shares this engine's figures with the other engines listening on `key` (SO_REUSEPORT
     /// engines of one process), refreshed every 500 ms on this loop.
     func joinMetricsGroup(_ key: String) {
-        let group = MetricsGroup.named(key)
-        metricsGroup = group
-        group.publish(self, metricSamples().map(\.value))
+        metricsGroup = MetricsGroup.join(key, self, metricSamples().map(\.value))
         let t = LoopTimer(loop: loop)
         t.start(afterMs: 500, repeatMs: 500, unref: true) { [unowned self] in
             self.metricsGroup?.publish(self, self.metricSamples().map(\.value))
@@ -340,7 +338,7 @@ final class Gateway: WebSocketServerDelegate {
     func leaveMetricsGroup() {
         metricsTimer?.close()
         metricsTimer = nil
-        metricsGroup?.withdraw(self)
+        metricsGroup?.leave(self)
         metricsGroup = nil
     }
 
@@ -809,20 +807,33 @@ struct MetricSample {
 
 /// The engines of one process that listen on the same address (SO_REUSEPORT): the kernel
 /// hands each HTTP request to one of them, so each keeps a snapshot of its figures here
-/// for the others to add. Any thread.
+/// for the others to add. A group leaves the registry with its last member, so engines
+/// started and stopped again and again (an embedding program) leave nothing behind. Any
+/// thread.
 final class MetricsGroup: @unchecked Sendable {
     private nonisolated(unsafe) static var groups: [String: MetricsGroup] = [:]
     private nonisolated(unsafe) static var groupsMutex = pthread_mutex_t()
+    private let key: String
     private var mutex = pthread_mutex_t()
     private var snapshots: [ObjectIdentifier: [UInt64]] = [:]
 
-    static func named(_ key: String) -> MetricsGroup {
+    private init(key: String) { self.key = key }
+
+    /// Adds `who` with its first snapshot to the group for `key` (created if needed).
+    static func join(_ key: String, _ who: AnyObject, _ values: [UInt64]) -> MetricsGroup {
         pthread_mutex_lock(&groupsMutex)
         defer { pthread_mutex_unlock(&groupsMutex) }
-        if let g = groups[key] { return g }
-        let g = MetricsGroup()
+        let g = groups[key] ?? MetricsGroup(key: key)
         groups[key] = g
+        g.publish(who, values)
         return g
+    }
+
+    /// Number of groups in the registry (tests).
+    static var registeredCount: Int {
+        pthread_mutex_lock(&groupsMutex)
+        defer { pthread_mutex_unlock(&groupsMutex) }
+        return groups.count
     }
 
     func publish(_ who: AnyObject, _ values: [UInt64]) {
@@ -831,10 +842,15 @@ final class MetricsGroup: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    func withdraw(_ who: AnyObject) {
+    /// Removes `who`; the last member takes the group out of the registry.
+    func leave(_ who: AnyObject) {
+        pthread_mutex_lock(&MetricsGroup.groupsMutex)
         pthread_mutex_lock(&mutex)
         snapshots.removeValue(forKey: ObjectIdentifier(who))
+        let empty = snapshots.isEmpty
         pthread_mutex_unlock(&mutex)
+        if empty && MetricsGroup.groups[key] === self { MetricsGroup.groups[key] = nil }
+        pthread_mutex_unlock(&MetricsGroup.groupsMutex)
     }
 
     /// The latest snapshots of every member but `who`.

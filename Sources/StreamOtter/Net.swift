@@ -203,7 +203,8 @@ final class TCPStream: TurnFlushable {
     func write(_ bytes: [UInt8]) { write(OutBuffer(bytes)) }
 
     /// Small writes of this turn are copied into one buffer: `tail`, whose first
-    /// `tailUsed` bytes are taken. Dropped at the flush (the write request keeps it).
+    /// `tailUsed` bytes are taken. Dropped at the flush: back to the loop's pool when the
+    /// write completed at once, else the write request keeps it.
     private var tail: OutBuffer?
     private var tailUsed = 0
     static let tailSize = 4096
@@ -227,7 +228,7 @@ final class TCPStream: TurnFlushable {
                 pending.append((t, tailUsed, count))
             }
         } else {
-            let t = OutBuffer(capacity: TCPStream.tailSize)
+            let t = loop.takeTailBuffer()
             tail = t
             tailUsed = 0
             fill(t.base)
@@ -253,7 +254,11 @@ final class TCPStream: TurnFlushable {
 
     func flushTurn() {
         pendingMarked = false
+        var used = tail
         tail = nil
+        // A tail buffer that no write request still holds (the write completed at once)
+        // goes back to the loop's pool: no allocation per socket and turn.
+        defer { if used != nil, isKnownUniquelyReferenced(&used!) { loop.recycleTailBuffer(used!) } }
         guard !pending.isEmpty, !isClosing else { return }
         if let tls {
             // Plaintext waits for the handshake, then goes out as one ciphertext buffer.

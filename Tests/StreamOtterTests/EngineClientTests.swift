@@ -51,6 +51,31 @@ final class EngineClientTests: XCTestCase {
         client.close()
     }
 
+    /// Engines sharing one SO_REUSEPORT listener share their figures through a group that
+    /// leaves the registry with its last engine: starting and stopping engines over and
+    /// over leaves nothing behind.
+    func testMetricsGroupsLeaveWithTheirLastEngine() throws {
+        let gw = try makeGateway(topics: "swift-mg:1")
+        defer { gw.stop(); gw.wait() }
+        let before = MetricsGroup.registeredCount
+        for _ in 0..<3 {
+            var cfg = EngineConfig()
+            try cfg.set("listen", "127.0.0.1:0")
+            try cfg.set("reuseport", "on")
+            try cfg.set("kafka.bootstrap.servers", gw.bootstrapServers)
+            let a = Engine(config: cfg)
+            try a.start()
+            try cfg.set("listen", "127.0.0.1:\(a.port)")
+            let b = Engine(config: cfg)
+            try b.start()
+            XCTAssertEqual(MetricsGroup.registeredCount, before + 1, "both engines in one group")
+            a.stop(); a.wait()
+            XCTAssertEqual(MetricsGroup.registeredCount, before + 1, "the group stays while an engine is in it")
+            b.stop(); b.wait()
+            XCTAssertEqual(MetricsGroup.registeredCount, before, "the last engine takes the group away")
+        }
+    }
+
     func testHundredThousandCallbacksFromTheLoop() throws {
         let gw = try makeGateway(topics: "swift-cb:1")
         defer { gw.stop(); gw.wait() }
