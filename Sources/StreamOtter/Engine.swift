@@ -298,6 +298,7 @@ public final class Engine {
         consumer = nil
         producer?.close()
         producer = nil
+        server?.delegate = nil   // the server holds its delegate strongly
         gateway = nil
         echoService = nil
         server = nil

@@ -584,8 +584,9 @@ final class Gateway: WebSocketServerDelegate {
         let known = partitionCounts[channel].flatMap { now &- $0.at < 30_000 ? $0.count : nil }
         loop.runBlocking({ () -> Result<Plan, ProtocolError> in
             Gateway.resolve(consumer: consumer, id: id, topic: channel, from: from, knownCount: known, timeoutMs: timeout)
-        }, then: { [weak self, cid = c.id] result in
-            guard let self else { return }
+        }, then: { [self, cid = c.id] result in
+            // Strong (the lookup ends within its timeout): a weak capture would give the
+            // gateway a side table, which slows every retain of it (see WebSocketServer.delegate).
             switch result {
             case .success(let plan) where known == nil:
                 self.partitionCounts[channel] = (Int32(plan.high.count), loopNowMs(self.loop))

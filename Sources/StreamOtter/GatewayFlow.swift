@@ -397,7 +397,7 @@ extension Gateway {
         flow.suspects.insert(c.id)
         if !flow.suspectCheckPosted {
             flow.suspectCheckPosted = true
-            loop.post { [weak self] in self?.judgeSuspects() }
+            loop.post { [self] in judgeSuspects() }   // strong: no side table (see WebSocketServer.delegate)
         }
     }
 

@@ -550,7 +550,11 @@ final class ServerMetrics {
 final class WebSocketServer {
     let loop: EventLoop
     let settings: WebSocketSettings
-    weak var delegate: WebSocketServerDelegate?
+    /// Held strongly: a weak reference would give the delegate (the gateway) a side table,
+    /// and every retain, release and `unowned` load of it would take the runtime's slow
+    /// path (3% of the loop thread in ingest). The engine breaks the cycle
+    /// (gateway -> server -> gateway) when it tears down.
+    var delegate: WebSocketServerDelegate?
     let metrics = ServerMetrics()
     private var listener: TCPListener?
     private(set) var connections: [UInt64: WebSocketConnection] = [:]
