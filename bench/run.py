@@ -654,9 +654,12 @@ def tables(results):
     ec = [r for r in results if r["workload"] == "echo"]
     if ec:
         md.append("### Echo: WebSocket round trips (64 B text)\n")
+        reps = max((len(r.get("rates_all") or []) for r in ec), default=0)
         md.append("Window 1 = strict round trips (send, wait for the echo); window 16 = pipelined. The plain "
-                  "TCP echo runs the same bytes without WebSocket framing (the transport ceiling). Window-1 rows: "
-                  "the median of five runs, with the lowest and highest in brackets; the servers take turns, one run each per round.\n")
+                  "TCP echo runs the same bytes without WebSocket framing (the transport ceiling). " +
+                  (f"Window-1 rows: the median of {reps} runs, with the lowest and highest in brackets; the "
+                   "servers take turns, one run each per round.\n" if reps > 1 else
+                   "One run per row (a --quick run; a full run keeps the median of five rounds).\n"))
         rows = []
         for r in ec:
             pic = find(ec, system="picows", conns=r["conns"], window=r["window"])

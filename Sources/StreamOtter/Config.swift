@@ -13,6 +13,10 @@ public struct EngineConfig {
     public var kafkaConsumer: [(String, String)] = []
     public var embeddedBrokers = 3
     public var embeddedTopics: [(String, Int32)] = []
+    /// The bootstrap servers name an embedded Kafka that this process runs for several
+    /// engines (`serve --engines N`): each engine reports it as embedded (`/healthz`) and
+    /// uses the embedded broker's short fetch wait, as the engine that starts its own does.
+    public var sharedEmbeddedKafka = false
     public var handleSignals = false
     /// "gateway" (streamotter.v1 bridged to Kafka), "echo" (a WebSocket echo server with
     /// no Kafka at all, for transport benchmarks and tests) or "client" (no listener and no

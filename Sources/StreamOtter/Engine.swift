@@ -74,7 +74,7 @@ public final class Engine {
 
     /// Kafka bootstrap servers in use (the embedded cluster's when embedded).
     public private(set) var bootstrapServers = ""
-    public var isEmbeddedKafka: Bool { embedded != nil }
+    public var isEmbeddedKafka: Bool { embedded != nil || config.sharedEmbeddedKafka }
     /// The port the gateway listens on (useful with port 0).
     public private(set) var port = 0
     public private(set) var listenAddress = ""
@@ -144,6 +144,7 @@ public final class Engine {
             port = s.port
             listenAddress = s.boundAddress
             installSignals(cfg)
+            Log.event("info", "engine_started", ["listen": listenAddress, "mode": "echo"])
             return
         }
         if cfg.usesEmbeddedKafka {
@@ -151,9 +152,12 @@ public final class Engine {
             embedded = e
             for (name, n) in cfg.embeddedTopics { try e.createTopic(name, partitions: n) }
             cfg.kafka.insert(("bootstrap.servers", e.bootstrapServers), at: 0)
+        }
+        if cfg.usesEmbeddedKafka || cfg.sharedEmbeddedKafka {
             // The mock cluster holds an empty fetch for the whole fetch.wait.max.ms even
             // when records arrive (a real broker answers as soon as there is data): keep
-            // the wait short so deliveries are not delayed by up to 500 ms.
+            // the wait short so deliveries are not delayed by up to 500 ms. A user's own
+            // kafka.consumer.fetch.wait.max.ms comes later and wins.
             cfg.kafkaConsumer.insert(("fetch.wait.max.ms", "5"), at: 0)
         }
         bootstrapServers = cfg.kafka.last { $0.0 == "bootstrap.servers" || $0.0 == "metadata.broker.list" }?.1 ?? ""
@@ -165,7 +169,7 @@ public final class Engine {
             let s = WebSocketServer(loop: loop, settings: try cfg.webSocketSettings())
             server = s
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
-            g.kafkaDescription = embedded != nil ? "embedded" : "external"
+            g.kafkaDescription = embedded != nil || cfg.sharedEmbeddedKafka ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
             try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) },
                                     keyProvider: keyProvider)
@@ -181,7 +185,7 @@ public final class Engine {
             throw error
         }
         installSignals(cfg)
-        Log.event("info", "engine_started", ["listen": listenAddress, "kafka": bootstrapServers, "embedded": embedded != nil ? "true" : "false"])
+        Log.event("info", "engine_started", ["listen": listenAddress, "kafka": bootstrapServers, "embedded": isEmbeddedKafka ? "true" : "false"])
     }
 
     private func installSignals(_ cfg: EngineConfig) {
@@ -306,7 +310,8 @@ public final class Engine {
         embedded = nil
         if !finished { loop.close() }
         finished = true
-        Log.event("info", "engine_stopped")
+        // A client-only engine (the C ABI's and the bindings' clients) logged no start either.
+        if config.mode != "client" { Log.event("info", "engine_stopped") }
     }
 }
 

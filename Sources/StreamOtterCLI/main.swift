@@ -97,6 +97,7 @@ case "serve":
             do {
                 let dev = try DevKafka(brokers: config.embeddedBrokers, topics: config.embeddedTopics.map { "\($0.0):\($0.1)" })
                 try config.set("kafka.bootstrap.servers", dev.bootstrapServers)
+                config.sharedEmbeddedKafka = true
                 sharedKafka = dev
             } catch { fail("\(error)") }
         }
@@ -113,7 +114,7 @@ case "serve":
         all.append(e)
     }
     if config.mode == "gateway" {
-        say("kafka: \(engine.isEmbeddedKafka || sharedKafka != nil ? "embedded " : "")bootstrap.servers=\(engine.bootstrapServers)")
+        say("kafka: \(engine.isEmbeddedKafka ? "embedded " : "")bootstrap.servers=\(engine.bootstrapServers)")
     }
     say("listening: \(config.usesTLS ? "wss" : "ws")://\(engine.listenAddress)/\(engines > 1 ? " (\(engines) engines)" : "")")
     for e in all { e.wait() }

@@ -3,6 +3,7 @@
  *
  *   client ws://127.0.0.1:8080/ orders
  */
+#define _DEFAULT_SOURCE /* usleep under -std=c11 */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>

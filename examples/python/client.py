@@ -50,7 +50,10 @@ def main() -> int:
             print(f"only {len(received)} of {expected} messages came back", file=sys.stderr)
             return 1
         h = client.health()
-        print(f"health   state={h.state.name} score={h.score} rtt={h.rtt_ms:.2f} ms")
+        # The round trip is measured by heartbeats (ws.ping_interval_ms); a run this short
+        # may end before the first one.
+        rtt = f"{h.rtt_ms:.2f} ms" if h.rtt_ms > 0 else "no ping yet"
+        print(f"health   state={h.state.name} score={h.score} rtt={rtt}")
     return 0
 
 
