@@ -106,6 +106,8 @@ final class WebSocketConnection: TCPStreamDelegate {
     private var lastPing: UInt64
     private(set) var subprotocol: String?
     private var opened = false
+    /// Counted against the connection limits (set by `admissionCheck`, until `remove`).
+    var admitted = false
     private var closeCode: UInt16 = 1006
     private var closeReason = ""
     /// Gateway state for this connection.
@@ -121,8 +123,10 @@ final class WebSocketConnection: TCPStreamDelegate {
     /// The client certificate's subject (mTLS), once the TLS handshake is done.
     var tlsPeerSubject: String? { stream.tls?.peerSubject }
     /// The client's address without the port.
-    var peerAddress: String {
-        let p = stream.peer
+    var peerAddress: String { WebSocketConnection.address(ofPeer: stream.peer) }
+
+    /// "host:port" or "[v6]:port" without the port.
+    static func address(ofPeer p: String) -> String {
         if p.hasPrefix("["), let close = p.firstIndex(of: "]") { return String(p[p.index(after: p.startIndex)..<close]) }
         if let colon = p.lastIndex(of: ":") { return String(p[..<colon]) }
         return p
@@ -617,11 +621,23 @@ final class WebSocketServer {
             }
             s.tls = ch
         }
+        // TCP connections from one address that are not (yet) admitted WebSockets
+        // (handshakes, HTTP requests): at most twice the per-address limit besides the
+        // admitted ones, so that silent connections cannot take the process's file
+        // descriptors, while a burst of upgrades over the limit still gets its 429s;
+        // more are closed at once.
+        let addr = WebSocketConnection.address(ofPeer: s.peer)
+        let counts = perAddress[addr] ?? AddressCount()
+        if counts.tcp - counts.admitted >= 2 * settings.maxConnectionsPerAddress {
+            metrics.admissionRefusals += 1
+            s.close()
+            return
+        }
         let id = nextID
         nextID += 1
         let c = WebSocketConnection(id: id, stream: s, server: self)
         connections[id] = c
-        perAddress[c.peerAddress, default: 0] += 1
+        perAddress[addr, default: AddressCount()].tcp += 1
     }
 
     /// Keeps a stream that is no longer a WebSocket until it closes or its deadline passes.
@@ -629,7 +645,15 @@ final class WebSocketServer {
         streams[ObjectIdentifier(s)] = (s, deadline)
     }
 
-    private var perAddress: [String: Int] = [:]
+    /// Per client address: TCP connections held, and how many of them are admitted
+    /// WebSockets (open, or authorizing after the admission check).
+    private struct AddressCount {
+        var tcp = 0
+        var admitted = 0
+    }
+    private var perAddress: [String: AddressCount] = [:]
+    /// WebSockets admitted (open or authorizing), for `limits.max_connections`.
+    private var admittedTotal = 0
 
     /// Origin allow-list and connection limits, checked before authentication. Returns
     /// (status, reason) to refuse the upgrade.
@@ -638,14 +662,20 @@ final class WebSocketServer {
             metrics.admissionRefusals += 1
             return (403, "origin '\(origin)' is not allowed")
         }
-        if metrics.openWebSockets >= settings.maxConnections {
+        // Counted when admitted, not when open: a burst of upgrades (some still
+        // authorizing) admits exactly up to the limit and refuses only the excess.
+        if admittedTotal >= settings.maxConnections {
             metrics.admissionRefusals += 1
             return (503, "the gateway is at its connection limit")
         }
-        if (perAddress[c.peerAddress] ?? 0) > settings.maxConnectionsPerAddress {
+        let addr = c.peerAddress
+        if (perAddress[addr]?.admitted ?? 0) >= settings.maxConnectionsPerAddress {
             metrics.admissionRefusals += 1
             return (429, "too many connections from this address")
         }
+        c.admitted = true
+        admittedTotal += 1
+        perAddress[addr, default: AddressCount()].admitted += 1
         return nil
     }
 
@@ -660,9 +690,21 @@ final class WebSocketServer {
     }
 
     func remove(_ c: WebSocketConnection) {
+        guard connections.removeValue(forKey: c.id) != nil else {
+            streams.removeValue(forKey: ObjectIdentifier(c.stream))
+            return
+        }
+        metrics.connectionsClosed += 1
         let addr = c.peerAddress
-        if let n = perAddress[addr] { perAddress[addr] = n > 1 ? n - 1 : nil }
-        if connections.removeValue(forKey: c.id) != nil { metrics.connectionsClosed += 1 }
+        if var n = perAddress[addr] {
+            n.tcp -= 1
+            if c.admitted {
+                n.admitted -= 1
+                admittedTotal -= 1
+                c.admitted = false
+            }
+            perAddress[addr] = n.tcp > 0 ? n : nil
+        }
         streams.removeValue(forKey: ObjectIdentifier(c.stream))
     }
 

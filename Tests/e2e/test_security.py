@@ -1129,6 +1129,53 @@ def test_connection_limits(gateway_factory):
     run(go(), 30)
 
 
+def test_a_burst_over_the_per_address_limit_refuses_only_the_excess(gateway_factory):
+    """11 upgrades at once from one address with a limit of 10: ten get 101 and one 429
+    (the limit counts admitted WebSockets; it once counted every TCP connection, so each
+    of the 11 saw 11 and all were refused: a reconnect storm behind a NAT admitted nobody).
+    TCP connections not yet admitted beyond twice the limit are closed at once."""
+    gw = gateway_factory.start(args=sets({"limits.max_connections_per_address": 10}))
+    socks = [socket.create_connection((gw.host, gw.port), timeout=10) for _ in range(11)]
+    try:
+        for s in socks:  # every request is in before any is answered
+            s.sendall(upgrade_request(gw.host, gw.port))
+        statuses = []
+        for s in socks:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            statuses.append(parse_head(head).status)
+        assert sorted(statuses) == [101] * 10 + [429], statuses
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)  # the gateway sees those closes
+    # Silent connections: twice the limit is held (until the handshake deadline), the
+    # next one is closed at once without an answer.
+    silent = [socket.create_connection((gw.host, gw.port), timeout=10) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection((gw.host, gw.port), timeout=10)
+        extra.settimeout(5)
+        try:
+            assert extra.recv(100) == b"", "a connection over the per-address limit is closed"
+        except ConnectionResetError:
+            pass
+        finally:
+            extra.close()
+    finally:
+        for s in silent:
+            s.close()
+    # Once they are gone, upgrades are admitted again.
+    t0 = time.monotonic()
+    while status_of(gw).status != 101:
+        assert time.monotonic() - t0 < 5, "no slot after the silent connections closed"
+        time.sleep(0.05)
+
+
 def test_header_limits(gateway_factory):
     gw = gateway_factory.start(args=sets({"ws.max_header_bytes": 1024, "ws.max_headers": 8}))
     r = status_of(gw, headers={"X-Big": "a" * 2000})
