@@ -16,7 +16,8 @@
 /// - `from` malformed; partition keys not canonical decimal integers in 0...Int32.max;
 ///   offsets or timestamp not non-negative integers fitting Int64 (no fraction or
 ///   exponent); `offsets` empty -> `invalid_from`.
-/// - `headers` must be an object of strings whose names contain no NUL -> `bad_request`.
+/// - `headers` must be an object of strings whose names contain no NUL and do not repeat
+///   -> `bad_request`.
 /// - `id`, when present, must be a string of at most 256 Unicode scalars; it is carried
 ///   into every later error so the reply can name the request.
 /// - An optional field (`id`, `from`, `key`, `headers`) set to null counts as absent.
@@ -216,6 +217,14 @@ public enum ProtocolParser {
                     throw fail("bad_request", "headers must be an object of strings")
                 }
                 headers.reserveCapacity(members.count)
+                // A JSON object with a repeated name is read differently by different
+                // parsers (most keep the last): refuse it, as for top-level fields.
+                if members.count > 1 {
+                    var names = Set<String>(minimumCapacity: members.count)
+                    for (name, _) in members where !names.insert(name).inserted {
+                        throw fail("bad_request", "duplicate header \(name)")
+                    }
+                }
                 for (name, value) in members {
                     guard case .string(let s) = value else {
                         throw fail("bad_request", "header \(name) must be a string")

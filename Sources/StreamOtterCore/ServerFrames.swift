@@ -67,6 +67,65 @@ public enum ServerFrames {
         return out
     }
 
+    /// Whether a header value goes in `"headers_base64"` (neither null nor UTF-8).
+    @inline(__always)
+    private static func isBinary(_ v: UnsafeRawBufferPointer?) -> Bool {
+        if let v = v { return !UTF8Validator.isValid(v) }
+        return false
+    }
+
+    /// Appends `{"name":value,...}` for the headers whose `isBinary` is `binary`, in record
+    /// order. Kafka allows a name more than once; JSON parsers keep one of a repeated
+    /// member, so a repeated name gets one member, at the place of its first occurrence,
+    /// whose value is the array of its values in order (`{"x":["1","2"]}`).
+    private static func appendHeaderObject(_ headers: [(String, UnsafeRawBufferPointer?)], binary: Bool,
+                                           to out: inout [UInt8],
+                                           _ value: (UnsafeRawBufferPointer?, inout [UInt8]) -> Void) {
+        out.append(UInt8(ascii: "{"))
+        var repeated = false
+        if headers.count > 1 {
+            var names = Set<String>(minimumCapacity: headers.count)
+            for (name, v) in headers where isBinary(v) == binary && !names.insert(name).inserted {
+                repeated = true
+                break
+            }
+        }
+        if !repeated {
+            var first = true
+            for (name, v) in headers where isBinary(v) == binary {
+                if !first { out.append(UInt8(ascii: ",")) }
+                first = false
+                JSON.appendString(name, to: &out)
+                out.append(UInt8(ascii: ":"))
+                value(v, &out)
+            }
+        } else {
+            var order: [String] = []
+            var groups: [String: [Int]] = [:]
+            for (i, (name, v)) in headers.enumerated() where isBinary(v) == binary {
+                if groups[name] == nil { order.append(name) }
+                groups[name, default: []].append(i)
+            }
+            for (n, name) in order.enumerated() {
+                if n > 0 { out.append(UInt8(ascii: ",")) }
+                JSON.appendString(name, to: &out)
+                out.append(UInt8(ascii: ":"))
+                let members = groups[name]!
+                if members.count == 1 {
+                    value(headers[members[0]].1, &out)
+                    continue
+                }
+                out.append(UInt8(ascii: "["))
+                for (k, i) in members.enumerated() {
+                    if k > 0 { out.append(UInt8(ascii: ",")) }
+                    value(headers[i].1, &out)
+                }
+                out.append(UInt8(ascii: "]"))
+            }
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+
     /// Appends a `message` frame payload to `out`:
     /// `{"op":"message","channel":..,"partition":..,"offset":..,"timestamp":..,"key":..,"headers":{..},"data":..}`
     ///
@@ -74,7 +133,8 @@ public enum ServerFrames {
     /// - `timestamp` omitted when negative (unknown).
     /// - `key` omitted when nil; `"key"` when valid UTF-8, else `"key_base64"`.
     /// - headers: those with a UTF-8 (or nil -> null) value go in `"headers"`, the others
-    ///   Base64-encoded in `"headers_base64"`; each object omitted when it would be empty.
+    ///   Base64-encoded in `"headers_base64"`; each object omitted when it would be empty;
+    ///   a name repeated within one object gets the array of its values.
     /// - value nil -> `"data":null`; valid JSON -> `"data"` in compact form; else valid
     ///   UTF-8 -> `"text"`; else `"base64"`.
     public static func message(channel: String, partition: Int32, offset: Int64, timestamp: Int64,
@@ -105,41 +165,17 @@ public enum ServerFrames {
             var textCount = 0
             var binaryCount = 0
             for (_, v) in headers {
-                if let v = v, !UTF8Validator.isValid(v) { binaryCount += 1 } else { textCount += 1 }
+                if isBinary(v) { binaryCount += 1 } else { textCount += 1 }
             }
             if textCount > 0 {
                 appendKey("headers", to: &out)
-                out.append(UInt8(ascii: "{"))
-                var first = true
-                for (name, v) in headers {
-                    if let v = v {
-                        if !UTF8Validator.isValid(v) { continue }
-                        if !first { out.append(UInt8(ascii: ",")) }
-                        JSON.appendString(name, to: &out)
-                        out.append(UInt8(ascii: ":"))
-                        JSON.appendString(v, to: &out)
-                    } else {
-                        if !first { out.append(UInt8(ascii: ",")) }
-                        JSON.appendString(name, to: &out)
-                        out.append(contentsOf: ":null".utf8)
-                    }
-                    first = false
+                appendHeaderObject(headers, binary: false, to: &out) { v, out in
+                    if let v = v { JSON.appendString(v, to: &out) } else { out.append(contentsOf: "null".utf8) }
                 }
-                out.append(UInt8(ascii: "}"))
             }
             if binaryCount > 0 {
                 appendKey("headers_base64", to: &out)
-                out.append(UInt8(ascii: "{"))
-                var first = true
-                for (name, v) in headers {
-                    guard let v = v, !UTF8Validator.isValid(v) else { continue }
-                    if !first { out.append(UInt8(ascii: ",")) }
-                    JSON.appendString(name, to: &out)
-                    out.append(UInt8(ascii: ":"))
-                    appendBase64String(v, to: &out)
-                    first = false
-                }
-                out.append(UInt8(ascii: "}"))
+                appendHeaderObject(headers, binary: true, to: &out) { v, out in appendBase64String(v!, to: &out) }
             }
         }
         if let value = value {

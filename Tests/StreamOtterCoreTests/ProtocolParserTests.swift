@@ -130,6 +130,16 @@ final class ProtocolParserTests: XCTestCase {
         XCTAssertEqual(headers.first?.1, [0x61, 0, 0x62])
     }
 
+    func testRepeatedHeaderNamesAreRefused() throws {
+        // Parsers disagree on which of a repeated member wins: the request is refused.
+        assertError(#"{"op":"publish","id":"p","channel":"c","data":1,"headers":{"trace":"A","trace":"B"}}"#, "bad_request", id: "p")
+        assertError(#"{"op":"publish","channel":"c","data":1,"headers":{"t":"A","\u0074":"B"}}"#, "bad_request")
+        guard case .publish(_, _, _, let headers, _) = try parse(#"{"op":"publish","channel":"c","data":1,"headers":{"t":"A","T":"B"}}"#) else {
+            return XCTFail("not a publish")
+        }
+        XCTAssertEqual(headers.map(\.0), ["t", "T"])
+    }
+
     func testDataIsCopiedCompactWithStringsUnchanged() throws {
         guard case .publish(_, _, _, _, let v1) = try parse(#"{"op":"publish","channel":"c","data":{"a":"x y","b":[1, 2]}}"#),
               case .publish(_, _, _, _, let v2) = try parse(#"{"op":"publish","channel":"c","data":{"a":"x\"y"}}"#) else {

@@ -80,6 +80,18 @@ final class ServerFramesTests: XCTestCase {
         XCTAssertNil(noHeaders["key"])
     }
 
+    func testRepeatedHeaderNamesBecomeArraysInRecordOrder() throws {
+        // Kafka allows a name more than once; a JSON object must not repeat a member.
+        let out = message(headers: [("x", bytes("1")), ("y", bytes("a")), ("x", bytes("2")), ("b", [0xFF]), ("x", nil),
+                                    ("b", [0xFE]), ("x", [0xFD])], value: bytes("1"))
+        let s = text(out)
+        XCTAssertTrue(s.contains(#""headers":{"x":["1","2",null],"y":"a"}"#), s)
+        XCTAssertTrue(s.contains(#""headers_base64":{"b":["/w==","/g=="],"x":"/Q=="}"#), s)
+        // A name that does not repeat stays a string.
+        XCTAssertTrue(text(message(headers: [("x", bytes("1")), ("y", bytes("2"))], value: bytes("1")))
+            .contains(#""headers":{"x":"1","y":"2"}"#))
+    }
+
     func testMessageOutputParsesAsJSONForRandomValues() {
         var rng = SplitMix64(seed: 5)
         for _ in 0..<500 {

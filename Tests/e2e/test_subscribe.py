@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import run
-from e2e_helpers import Client, Record, kcat_consume, kcat_produce, message_value, message_value_bytes
+from e2e_helpers import Client, Record, kcat_consume, kcat_produce, message_value, message_value_bytes, ws_connect
 
 QUIET = 0.5  # seconds of silence that "exactly N" checks wait for after the Nth message
 
@@ -249,6 +249,42 @@ def test_subscribe_from_past_timestamp(gateway):
                      f"{peer}: no timestamp index, so the gateway correctly starts at the end")
     assert peer == second[0].offset, f"peer offsets_for_times says {peer}"
     assert_exact_stream(msgs, second, topic)
+
+
+def test_repeated_header_names_arrive_as_arrays_and_are_refused_on_publish(gateway):
+    """Kafka allows a header name more than once (confluent-kafka writes such a record
+    here); the message frame must not repeat a JSON member, which most parsers would read
+    as its last value: a repeated name carries the array of its values in order. A publish
+    whose headers object repeats a name is refused."""
+    from confluent_kafka import Producer
+
+    topic = gateway.topic("t1")
+    p = Producer({"bootstrap.servers": gateway.bootstrap})
+    p.produce(topic, value=b"1", key=b"k", headers=[("x", b"1"), ("y", b"a"), ("x", b"2"), ("x", b"\xff")])
+    assert p.flush(30) == 0
+
+    async def go():
+        c = await Client.connect(gateway.url)
+        await c.subscribe(topic, "earliest")
+        await c.wait_messages(1, 30)
+        await c.close()
+        return c.messages
+
+    msgs = run(go(), 60)
+    m = msgs[0]
+    assert m["headers"] == {"x": ["1", "2"], "y": "a"}, m
+    assert m["headers_base64"] == {"x": base64.b64encode(b"\xff").decode()}, m
+
+    async def publish_dup():
+        ws = await ws_connect(gateway.url)
+        await ws.send('{"op":"publish","id":"d1","channel":"%s","data":2,"headers":{"trace":"A","trace":"B"}}' % topic)
+        r = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        await ws.close()
+        return r
+
+    r = run(publish_dup(), 30)
+    assert r["op"] == "error" and r["code"] == "bad_request" and r["id"] == "d1", r
+    assert "duplicate header trace" in r["message"], r
 
 
 def test_value_rendering_data_text_base64(gateway):
