@@ -59,6 +59,14 @@ public enum ProtocolParser {
         }
     }
 
+    /// The id an error reply names when the request could not be read to its end: the
+    /// `id` member read so far, if it is a string within the length limit.
+    private static func readableID(_ v: JSONValue?) -> String? {
+        guard case .string(let s)? = v else { return nil }
+        if s.utf8.count > maxIdLength && s.unicodeScalars.count > maxIdLength { return nil }
+        return s
+    }
+
     /// Parses one text frame; throws `ProtocolError`.
     public static func parse(_ text: UnsafeRawBufferPointer) throws -> ClientRequest {
         // Known fields by `Known.rawValue`; names of unknown ones only to catch duplicates.
@@ -137,7 +145,11 @@ public enum ProtocolParser {
             scanner.skipWhitespace()
             if !scanner.isAtEnd { throw scanner.error("trailing characters") }
         } catch let error as JSONError {
-            throw ProtocolError(code: "bad_request", message: "invalid JSON: \(error.message) at byte \(error.offset)", id: nil)
+            throw ProtocolError(code: "bad_request", message: "invalid JSON: \(error.message) at byte \(error.offset)",
+                                id: readableID(known.1))
+        } catch let error as ProtocolError where error.id == nil {
+            // A problem found after the id was read (a duplicate field, say) still names it.
+            throw ProtocolError(code: error.code, message: error.message, id: readableID(known.1))
         }
 
         /// A known field's value; for optional fields a null counts as absent.

@@ -60,8 +60,8 @@ final class ProtocolParserTests: XCTestCase {
         assertError(#"{"op":"publish","id":"p2","channel":"c","data":1,"key":5}"#, "bad_request", id: "p2")
         assertError(#"{"op":"publish","id":"p2","channel":"c","data":1,"headers":[]}"#, "bad_request", id: "p2")
         assertError(#"{"op":"publish","id":"p2","channel":"c","data":1,"headers":{"h":1}}"#, "bad_request", id: "p2")
-        assertError(#"{"op":"publish","id":"p2","channel":"c","data":1,"data":2}"#, "bad_request")
-        assertError(#"{"op":"publish","id":"p2","channel":"c","data":[1,}"#, "bad_request")
+        assertError(#"{"op":"publish","id":"p2","channel":"c","data":1,"data":2}"#, "bad_request", id: "p2")
+        assertError(#"{"op":"publish","id":"p2","channel":"c","data":[1,}"#, "bad_request", id: "p2")
     }
 
     func testBadRequest() {
@@ -128,6 +128,17 @@ final class ProtocolParserTests: XCTestCase {
             return XCTFail("not a publish")
         }
         XCTAssertEqual(headers.first?.1, [0x61, 0, 0x62])
+    }
+
+    func testErrorsFoundAfterTheIdNameIt() {
+        // Found while reading the frame, after its id: the reply still names the request.
+        assertError(#"{"op":"publish","id":"p7","channel":"c","data":1,"extra":1,"extra":2}"#, "bad_request", id: "p7")
+        assertError(#"{"id":"p8","op":"publish","channel":"c","data":[1,}"#, "bad_request", id: "p8")
+        let deep = String(repeating: "[", count: 70) + String(repeating: "]", count: 70)
+        assertError(#"{"id":"p9","op":"publish","channel":"c","data":"# + deep + "}", "bad_request", id: "p9")
+        // Before the id, or an id that is not a readable string: no id.
+        assertError(#"{"op":"publish","x":1,"x":2,"id":"late","channel":"c","data":1}"#, "bad_request")
+        assertError(#"{"id":5,"op":"publish","channel":"c","data":[1,}"#, "bad_request")
     }
 
     func testRepeatedHeaderNamesAreRefused() throws {
