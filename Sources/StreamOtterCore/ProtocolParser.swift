@@ -12,7 +12,7 @@
 ///   field, or a duplicated top-level field -> `bad_request`.
 /// - `op` missing, not a string, or not subscribe/unsubscribe/publish/auth -> `unknown_op`
 /// - `auth` without a string `token` -> `bad_request`
-/// - `channel` not matching `[A-Za-z0-9._-]{1,249}` -> `invalid_channel`.
+/// - `channel` not matching `[A-Za-z0-9._-]{1,249}`, or `.` or `..` -> `invalid_channel`.
 /// - `from` malformed; partition keys not canonical decimal integers in 0...Int32.max;
 ///   offsets or timestamp not non-negative integers fitting Int64 (no fraction or
 ///   exponent); `offsets` empty -> `invalid_from`.
@@ -207,7 +207,7 @@ public enum ProtocolParser {
         }
         guard case .string(let channel) = channelValue else { throw fail("bad_request", "channel must be a string") }
         if !isValidChannel(channel) {
-            throw fail("invalid_channel", "channel must match [A-Za-z0-9._-]{1,\(maxChannelLength)}")
+            throw fail("invalid_channel", "channel must match [A-Za-z0-9._-]{1,\(maxChannelLength)} and not be . or ..")
         }
 
         switch op {
@@ -280,10 +280,12 @@ public enum ProtocolParser {
         try text.withUnsafeBytes { try parse($0) }
     }
 
-    /// True when `channel` matches `[A-Za-z0-9._-]{1,249}`.
+    /// True when `channel` matches `[A-Za-z0-9._-]{1,249}` and is not `.` or `..` (Kafka's
+    /// rule for topic names: those two are refused by the broker).
     public static func isValidChannel(_ channel: String) -> Bool {
         let utf8 = channel.utf8
         if utf8.isEmpty || utf8.count > maxChannelLength { return false }
+        if channel == "." || channel == ".." { return false }
         for c in utf8 {
             switch c {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),

@@ -43,6 +43,10 @@ public enum WebSocketHandshake {
     public static func evaluate(_ r: HTTPRequest, supported: [String]) -> Decision {
         if r.method != "GET" { return .reject(status: 405, reason: "WebSocket upgrade requires GET", headers: [("Allow", "GET")]) }
         if r.version != "HTTP/1.1" { return .reject(status: 400, reason: "WebSocket upgrade requires HTTP/1.1", headers: []) }
+        // RFC 6455 §4.1 and RFC 9112 §3.2: exactly one Host header.
+        if r.headers.filter({ HTTPRequest.namesEqual($0.name, "Host") }).count != 1 {
+            return .reject(status: 400, reason: "an upgrade needs exactly one Host header", headers: [])
+        }
         if !r.headerHasToken("Upgrade", "websocket") { return .reject(status: 400, reason: "missing Upgrade: websocket", headers: []) }
         if !r.headerHasToken("Connection", "upgrade") { return .reject(status: 400, reason: "missing Connection: upgrade", headers: []) }
         let versions = r.headers.filter { HTTPRequest.namesEqual($0.name, "Sec-WebSocket-Version") }

@@ -96,7 +96,7 @@ final class ProtocolParserTests: XCTestCase {
     }
 
     func testInvalidChannel() throws {
-        for channel in ["", "a b", "a/b", "é", "a*", String(repeating: "a", count: 250), "a\\u0000"] {
+        for channel in ["", "a b", "a/b", "é", "a*", String(repeating: "a", count: 250), "a\\u0000", ".", ".."] {
             assertError(#"{"op":"subscribe","id":"c1","channel":""# + channel + #""}"#, "invalid_channel", id: "c1")
             assertError(#"{"op":"publish","id":"c2","channel":""# + channel + #"","data":1}"#, "invalid_channel", id: "c2")
         }

@@ -27,7 +27,7 @@ final class WebSocketHandshakeTests: XCTestCase {
     }
 
     func testTokensAreCaseInsensitiveAndListed() {
-        let r = request([("Upgrade", "WebSocket"), ("Connection", "keep-alive, UPGRADE"),
+        let r = request([("host", "h"), ("Upgrade", "WebSocket"), ("Connection", "keep-alive, UPGRADE"),
                          ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")])
         XCTAssertEqual(WebSocketHandshake.evaluate(r, supported: []), .accept(acceptKey: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", subprotocol: nil))
     }
@@ -36,6 +36,15 @@ final class WebSocketHandshakeTests: XCTestCase {
         let r = request([("Host", "x")])
         XCTAssertFalse(WebSocketHandshake.isUpgradeRequest(r))
         guard case .reject(400, _, _) = WebSocketHandshake.evaluate(r, supported: []) else { return XCTFail() }
+    }
+
+    func testMissingOrRepeatedHostIs400() {
+        let without = baseHeaders().filter { $0.0 != "Host" }
+        guard case .reject(400, let reason, _) = WebSocketHandshake.evaluate(request(without), supported: []) else { return XCTFail() }
+        XCTAssertTrue(reason.contains("Host"), reason)
+        guard case .reject(400, _, _) = WebSocketHandshake.evaluate(request(baseHeaders() + [("HOST", "other")]), supported: []) else {
+            return XCTFail()
+        }
     }
 
     func testMethodNotGetIs405() {
