@@ -17,6 +17,12 @@ public struct EngineConfig {
     /// engines (`serve --engines N`): each engine reports it as embedded (`/healthz`) and
     /// uses the embedded broker's short fetch wait, as the engine that starts its own does.
     public var sharedEmbeddedKafka = false
+    /// Engines in this process (`serve --engines N`): each takes its share of the
+    /// file-descriptor limit for its sockets (see WebSocketServer.socketBudget).
+    public var enginesInProcess: Int {
+        get { ws.enginesInProcess }
+        set { ws.enginesInProcess = max(1, newValue) }
+    }
     public var handleSignals = false
     /// "gateway" (streamotter.v1 bridged to Kafka), "echo" (a WebSocket echo server with
     /// no Kafka at all, for transport benchmarks and tests) or "client" (no listener and no

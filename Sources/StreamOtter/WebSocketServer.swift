@@ -20,6 +20,8 @@ struct WebSocketSettings {
     var allowedOrigins: [String] = []
     var maxConnections = 100_000
     var maxConnectionsPerAddress = 1_000
+    /// Engines in this process sharing its file-descriptor limit (`serve --engines N`).
+    var enginesInProcess = 1
     /// A connection whose credential expires gets an `error` frame `token_expiring` this
     /// long before (time to send `{"op":"auth"}`), and is closed with 4001 this long
     /// before the expiry itself, so nothing is delivered on an expired credential.
@@ -577,7 +579,24 @@ final class WebSocketServer {
     var port: Int { listener?.port ?? 0 }
     var boundAddress: String { listener?.boundAddress ?? "" }
 
+    /// Sockets this server may hold (WebSockets, handshakes, HTTP requests): its share of
+    /// the process's file-descriptor limit, less a reserve for Kafka's sockets and pipes,
+    /// log and audit files. Past it an upgrade gets 503 and a new connection a 503 at once,
+    /// so that Kafka keeps the descriptors it needs (a full table once stalled every
+    /// publish and /healthz).
+    private(set) var socketBudget = Int.max
+    static let descriptorReserve = 256
+
+    private func computeSocketBudget() {
+        var rl = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0, rl.rlim_cur != rlim_t.max else { return }
+        let soft = rl.rlim_cur > rlim_t(Int32.max) ? Int(Int32.max) : Int(rl.rlim_cur)
+        let n = max(1, settings.enginesInProcess)
+        socketBudget = max(16, (soft - WebSocketServer.descriptorReserve * n) / n)
+    }
+
     func listen(host: String, port: Int, reusePort: Bool = false) throws {
+        computeSocketBudget()
         if let t = settings.tls {
             tlsContext = TLSContext(try t.makeContext())
             tlsStamp = t.fileStamp()
@@ -633,6 +652,16 @@ final class WebSocketServer {
             s.close()
             return
         }
+        if connections.count + streams.count >= socketBudget {
+            metrics.admissionRefusals += 1
+            if s.tls == nil {
+                s.write(WebSocketHandshake.simpleResponse(status: 503, reason: HTTPStatus.reasonPhrase(503),
+                                                          body: "the gateway is at its connection limit\n"))
+                s.flushTurn()
+            }
+            s.close()
+            return
+        }
         let id = nextID
         nextID += 1
         let c = WebSocketConnection(id: id, stream: s, server: self)
@@ -664,7 +693,7 @@ final class WebSocketServer {
         }
         // Counted when admitted, not when open: a burst of upgrades (some still
         // authorizing) admits exactly up to the limit and refuses only the excess.
-        if admittedTotal >= settings.maxConnections {
+        if admittedTotal >= min(settings.maxConnections, socketBudget) {
             metrics.admissionRefusals += 1
             return (503, "the gateway is at its connection limit")
         }

@@ -89,6 +89,13 @@ case "serve":
     do {
         for (k, v) in settings { try config.set(k, v) }
     } catch { fail("\(error)") }
+    // Sockets are file descriptors: take the hard limit, as servers do.
+    var nofile = rlimit()
+    if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max {
+        nofile.rlim_cur = nofile.rlim_max
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &nofile)
+    }
+    config.enginesInProcess = engines
     var sharedKafka: DevKafka?
     if engines > 1 {
         config.reusePort = true

@@ -1176,6 +1176,61 @@ def test_a_burst_over_the_per_address_limit_refuses_only_the_excess(gateway_fact
         time.sleep(0.05)
 
 
+def test_sockets_stay_within_the_descriptor_limit_and_kafka_keeps_working(gateway_factory, tmp_path):
+    """With 300 file descriptors (soft and hard) the gateway holds at most 300 - 256 = 44
+    sockets: further upgrades get 503 (at accept, a 503 response) instead of taking the
+    descriptors Kafka needs. An adversarial run once filled the table: connections were
+    dropped without an answer, /healthz went silent and publishes were not acknowledged
+    for 10 s. Here a connected client's publishes keep their acks."""
+    wrapper = tmp_path / "streamotter-300fds"
+    wrapper.write_text(f"#!/bin/sh\nexec prlimit --nofile=300:300 {gateway_factory.binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    real = gateway_factory.binary
+    gateway_factory.binary = str(wrapper)
+    try:
+        gw = gateway_factory.start()
+    finally:
+        gateway_factory.binary = real
+    topic = gw.topic("t1")
+
+    async def go():
+        c = await Client.connect(gw.url)
+        r = await c.call({"op": "publish", "channel": topic, "data": {"n": 0}})
+        assert r["op"] == "ack", r
+        held, statuses = [], []
+        for _ in range(60):
+            s = socket.create_connection((gw.host, gw.port), timeout=10)
+            s.sendall(upgrade_request(gw.host, gw.port))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                try:
+                    chunk = s.recv(4096)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                head += chunk
+            st = parse_head(head).status
+            statuses.append(st)
+            if st == 101:
+                held.append(s)
+            else:
+                s.close()
+        # 43 besides the client: the budget is 44 sockets.
+        assert statuses == [101] * 43 + [503] * 17, statuses
+        for n in range(1, 6):
+            r = await c.call({"op": "publish", "channel": topic, "data": {"n": n}}, timeout=10)
+            assert r["op"] == "ack", r
+        for s in held[:10]:
+            s.close()
+        await asyncio.sleep(0.5)
+        assert (await asyncio.to_thread(status_of, gw)).status == 101
+        for s in held[10:]:
+            s.close()
+        await c.close()
+    run(go(), 90)
+
+
 def test_header_limits(gateway_factory):
     gw = gateway_factory.start(args=sets({"ws.max_header_bytes": 1024, "ws.max_headers": 8}))
     r = status_of(gw, headers={"X-Big": "a" * 2000})
