@@ -86,7 +86,7 @@ public struct EngineConfig {
         "listen", "reuseport", "mode", "log.level", "callbacks", "gateway.protocol", "embedded.brokers", "embedded.topics", "shutdown.timeout_ms",
         "kafka.lookup_timeout_ms", "ws.max_frame_size", "ws.max_message_size",
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
-        "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
+        "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_inbound_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
         "security.allowed_origins", "limits.max_connections", "limits.max_connections_per_address",
         "limits.max_subscriptions", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
         "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "gateway.deliver_on_ack", "ws.slow_consumer",
@@ -173,6 +173,7 @@ public struct EngineConfig {
             ws.idleTimeoutMs = UInt64(try int(0)); idleTimeoutSet = true
         case "ws.close_timeout_ms": ws.closeTimeoutMs = UInt64(try int(1))
         case "ws.max_buffered_bytes": ws.maxBufferedBytes = try int(1024)
+        case "ws.max_inbound_buffered_bytes": ws.maxInboundBufferedBytes = try int(1024)
         case "ws.max_header_bytes": ws.http.maxHeaderBytes = try int(256, 1 << 20)
         case "ws.max_headers": ws.http.maxHeaderCount = try int(4, 10_000)
         case "gateway.dedupe_window": dedupeWindow = try int(0, 10_000_000)

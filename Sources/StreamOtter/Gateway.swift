@@ -296,6 +296,8 @@ final class Gateway: WebSocketServerDelegate {
         metric("deliveries_total", "counter", "Kafka records delivered to subscribers.", m.deliveries)
         metric("deliveries_on_ack_total", "counter", "Deliveries sent on the producer's acknowledgement instead of the next fetch.", m.deliveriesOnAck)
         metric("slow_consumer_closes_total", "counter", "Connections closed for exceeding their outbound buffer bound.", m.slowConsumerCloses)
+        metric("inbound_buffered_bytes", "gauge", "Bytes held for incomplete inbound messages, all connections.", UInt64(max(0, m.inboundBufferedBytes)))
+        metric("inbound_overflow_closes_total", "counter", "Connections closed (1013) for taking incomplete inbound messages over ws.max_inbound_buffered_bytes.", m.inboundOverflows)
         metric("partition_feeds", "gauge", "Topic-partitions consumed.", UInt64(feeds.count))
         flowMetricSamples(into: &s)
         return s

@@ -20,6 +20,9 @@ struct WebSocketSettings {
     var allowedOrigins: [String] = []
     var maxConnections = 100_000
     var maxConnectionsPerAddress = 1_000
+    /// Bytes all connections together may hold of messages not yet complete (partial
+    /// frames and fragments); over it the connection that grew it is closed with 1013.
+    var maxInboundBufferedBytes = 256 << 20
     /// Engines in this process sharing its file-descriptor limit (`serve --engines N`).
     var enginesInProcess = 1
     /// A connection whose credential expires gets an `error` frame `token_expiring` this
@@ -377,6 +380,8 @@ final class WebSocketConnection: TCPStreamDelegate {
 
     func streamDidClose(_ stream: TCPStream) {
         state = .closed
+        metrics.inboundBufferedBytes -= inboundCounted
+        inboundCounted = 0
         if opened {
             opened = false
             server.metrics.openWebSockets -= 1
@@ -482,8 +487,30 @@ final class WebSocketConnection: TCPStreamDelegate {
         server.lingering(stream, deadline: loopNowMs(server.loop) + server.settings.closeTimeoutMs)
     }
 
+    /// This connection's part of `ServerMetrics.inboundBufferedBytes`.
+    private var inboundCounted = 0
+
+    /// Updates the server-wide count of bytes held for incomplete messages; a connection
+    /// that takes it over `ws.max_inbound_buffered_bytes` is closed (1013, try again
+    /// later): per-connection limits alone let many connections that each stop just
+    /// short of a complete 1 MiB message hold a GiB between them.
+    private func accountInbound() {
+        var now = decoder.bufferedBytes
+        if case .closed = state { now = 0 }
+        if now == inboundCounted { return }
+        metrics.inboundBufferedBytes += now - inboundCounted
+        inboundCounted = now
+        if now > 0 && metrics.inboundBufferedBytes > server.settings.maxInboundBufferedBytes {
+            metrics.inboundOverflows += 1
+            fail(code: 1013, reason: "server busy: too many incomplete messages, try again later")
+            metrics.inboundBufferedBytes -= inboundCounted
+            inboundCounted = 0
+        }
+    }
+
     private func readFrames(_ bytes: UnsafeRawBufferPointer) {
         decoder.append(bytes)
+        defer { accountInbound() }
         while true {
             let event: WSEvent?
             do {
@@ -550,6 +577,10 @@ final class ServerMetrics {
     var decryptFailures: UInt64 = 0
     var readsPausedForBacklog: UInt64 = 0
     var admissionRefusals: UInt64 = 0
+    /// Bytes held for incomplete inbound messages, all connections together.
+    var inboundBufferedBytes = 0
+    /// Connections closed for taking that over `ws.max_inbound_buffered_bytes`.
+    var inboundOverflows: UInt64 = 0
 }
 
 /// Accepts TCP connections and runs WebSocket connections on them. Loop thread only.

@@ -233,3 +233,43 @@ def test_fragmented_message_with_interleaved_ping(gateway):
     reply = json.loads(next(f for f in frames if f[1] == OP_TEXT)[2])
     assert reply["op"] == "ack" and reply["id"] == "frag", reply
     raw.close()
+
+
+def inbound_gauge(gw) -> int:
+    status, _, body, raw = http_exchange(gw.host, gw.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200, raw
+    for ln in body.decode().splitlines():
+        if ln.startswith("streamotter_inbound_buffered_bytes "):
+            return int(ln.split()[1])
+    raise AssertionError("no streamotter_inbound_buffered_bytes in /metrics")
+
+
+@pytest.mark.gateway(args=["--set", "ws.max_inbound_buffered_bytes=2097152"])
+def test_incomplete_messages_are_bounded_across_connections(gateway):
+    """Each connection may hold up to ws.max_message_size of a message not yet complete;
+    all of them together at most ws.max_inbound_buffered_bytes (here 2 MiB). Three
+    connections that each stop 100 KB short of a 900 KB frame: the third takes the total
+    over and is closed with 1013; the others keep their bytes and finish their messages,
+    and the gateway serves everyone else."""
+    payload = json.dumps({"op": "publish", "channel": gateway.topic("t1"), "id": "big",
+                          "data": "x" * 900_000}).encode()
+    frame = encode_frame(OP_TEXT, payload)
+    cut = len(frame) - 100_000
+    raws = [RawWS(gateway.host, gateway.port) for _ in range(3)]
+    for r in raws[:2]:
+        r.send_raw(frame[:cut])
+    deadline = time.monotonic() + 5
+    while inbound_gauge(gateway) < 2 * (cut - 14) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inbound_gauge(gateway) >= 2 * (cut - 14)
+    raws[2].send_raw(frame[:cut])
+    expect_close(raws[2], 1013)
+    gateway_still_serves(gateway)
+    # The first two finish their publishes: nothing of theirs was dropped.
+    for r in raws[:2]:
+        r.send_raw(frame[cut:])
+        reply = recv_json_frame(r, 30)
+        assert reply["op"] == "ack" and reply["id"] == "big", reply
+    assert inbound_gauge(gateway) == 0
+    for r in raws[:2]:
+        r.send_frame(OP_CLOSE, close_payload(1000))
