@@ -47,8 +47,12 @@ public struct SecuritySettings {
 
     mutating func set(_ key: String, _ value: String) throws {
         func list() -> [String] { value.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty } }
+        // Finite and at most 1e12 (`inf`, `1e30`: refused): every value converts to an
+        // integer, and 1e12 ms is over 30 years.
         func number(_ min: Double) throws -> Double {
-            guard let v = Double(value.trimmingSpaces), v >= min else { throw ConfigError("\(key): expected a number >= \(min), got '\(value)'") }
+            guard let v = Double(value.trimmingSpaces), v.isFinite, v >= min, v <= 1e12 else {
+                throw ConfigError("\(key): expected a number in \(min)...1e12, got '\(value)'")
+            }
             return v
         }
         switch key {
@@ -150,7 +154,7 @@ final class JWTAuthenticator: UpgradeAuthenticator {
 
     func identity(_ t: VerifiedToken) -> Identity {
         let roles = permissions?.roles(from: t.claims) ?? []
-        return Identity(subject: t.subject, roles: roles, expiresAtMs: t.expiresAt.map { Int64($0 * 1000) }, method: "jwt")
+        return Identity(subject: t.subject, roles: roles, expiresAtMs: t.expiresAt.map { NumericDate.milliseconds($0) }, method: "jwt")
     }
 
     func authenticate(_ c: WebSocketConnection, _ request: HTTPRequest, _ done: @escaping (UpgradeDecision) -> Void) {
@@ -338,7 +342,7 @@ final class IntrospectionAuthenticator: UpgradeAuthenticator {
                 let r = try introspector.introspect(token)
                 guard r.active else { return .failure(AuthFailure(status: 401, message: "token is not active")) }
                 return .success(Identity(subject: r.subject, roles: permissions.roles(from: r.claims),
-                                         expiresAtMs: r.expiresAt.map { Int64($0 * 1000) }, method: "introspection"))
+                                         expiresAtMs: r.expiresAt.map { NumericDate.milliseconds($0) }, method: "introspection"))
             } catch let e as IntrospectionError {
                 return .failure(AuthFailure(status: 503, message: "introspection failed: \(e.reason)"))
             } catch {

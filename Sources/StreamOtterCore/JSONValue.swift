@@ -2,7 +2,8 @@
 ///
 /// Rules:
 /// - Numbers keep their literal text (`"1.50"` stays `1.50`) so nothing is lost to Double.
-/// - Objects keep member order and duplicates, as pairs.
+/// - Objects keep member order and duplicates, as pairs (`subscript(key:)` finds the first
+///   of a repeated name; `duplicateMemberName` tells whether there is one).
 /// - Equality is structural and order-sensitive for object members.
 public enum JSONValue: Equatable, Sendable {
     case null
@@ -30,6 +31,34 @@ public enum JSONValue: Equatable, Sendable {
         guard case .object(let members) = self else { return nil }
         for (k, v) in members where k == key { return v }
         return nil
+    }
+
+    /// A member name that occurs twice in one object, looking into nested objects and arrays
+    /// too (the outer object first); nil when no object repeats a name. Names are compared as
+    /// `String`s (Unicode canonical equivalence), the way `subscript(key:)` matches them, so
+    /// two names that lookup cannot tell apart count as a repeat. For input whose meaning
+    /// must not depend on which of two members a reader takes (RFC 7519 section 4 lets a JWT
+    /// parser reject such claims or take the last one; others take the last, `subscript`
+    /// the first).
+    public var duplicateMemberName: String? {
+        switch self {
+        case .array(let items):
+            for item in items {
+                if let d = item.duplicateMemberName { return d }
+            }
+            return nil
+        case .object(let members):
+            if members.count > 1 {
+                var seen = Set<String>(minimumCapacity: members.count)
+                for (k, _) in members where !seen.insert(k).inserted { return k }
+            }
+            for (_, v) in members {
+                if let d = v.duplicateMemberName { return d }
+            }
+            return nil
+        default:
+            return nil
+        }
     }
 
     /// The string when this is `.string`; else nil.

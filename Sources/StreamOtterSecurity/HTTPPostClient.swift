@@ -77,7 +77,8 @@ final class HTTPPostClient: @unchecked Sendable {
 
     /// Sends one POST and reads the whole response (`Connection: close`).
     func post(headers: [(String, String)], body: [UInt8], timeout: Double) throws -> Response {
-        let deadline = SecurityClock.monotonicNanos() &+ UInt64(max(0.001, timeout) * 1e9)
+        // 1 ms to one day (NaN: 1 ms): the nanoseconds always fit a UInt64.
+        let deadline = SecurityClock.monotonicNanos() &+ UInt64(min(max(0.001, timeout), 86_400) * 1e9)
         let fd = try connect(deadline: deadline)
         defer { close(fd) }
         var ssl: OpaquePointer? = nil
@@ -239,13 +240,16 @@ final class HTTPPostClient: @unchecked Sendable {
                 guard let size = Int(sizeText, radix: 16), size >= 0 else { return nil }
                 pos = lineEnd + 2
                 if size == 0 { return Response(status: status, body: body) }
-                guard data.count >= pos + size + 2 else { return nil }
+                // Compared without adding to `size` (up to Int.max, from the server).
+                guard data.count - pos >= 2, size <= data.count - pos - 2 else { return nil }
                 body += data[pos..<(pos + size)]
                 pos += size + 2
             }
         }
         if let len = contentLength {
-            guard data.count >= bodyStart + len else { return nil }
+            guard len >= 0 else { return nil }
+            // Compared without adding to `len` (up to Int.max, from the server).
+            guard len <= data.count - bodyStart else { return nil }
             return Response(status: status, body: Array(data[bodyStart..<(bodyStart + len)]))
         }
         return final ? Response(status: status, body: Array(data[bodyStart...])) : nil

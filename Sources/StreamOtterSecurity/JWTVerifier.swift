@@ -13,7 +13,7 @@ public struct VerifiedToken: Sendable {
     public let keyID: String?
     /// `sub`, when present and a string.
     public var subject: String? { claims["sub"]?.stringValue }
-    /// `exp` in seconds since the epoch, when present.
+    /// `exp` in seconds since the epoch, when present (0...`NumericDate.latest`).
     public let expiresAt: Double?
 }
 
@@ -21,7 +21,8 @@ public struct VerifiedToken: Sendable {
 ///
 /// Steps, in order; the first failure is thrown as a `JWTError`:
 /// 1. Structure: at most `maxTokenBytes`, three parts, strict base64url, header and payload
-///    JSON objects, no `crit` header.
+///    JSON objects, no `crit` header; no member name twice in one object of the header or
+///    the payload (`duplicateMember`).
 /// 2. Algorithm: `alg` must name a supported algorithm (`none` never is).
 /// 3. Key selection: when the token has `kid` and any key has an id, only keys with that id
 ///    are candidates (none: `unknownKey`); otherwise every key. Candidates whose allow-list
@@ -29,7 +30,9 @@ public struct VerifiedToken: Sendable {
 /// 4. Signature: checked against each candidate (constant-time for HMAC); none verifies:
 ///    `badSignature`.
 /// 5. Claims: `exp` (required when `requireExpiry`), `nbf`, with `leewaySeconds`; `iss`
-///    when `issuers` is non-empty; `aud` when `audiences` is non-empty.
+///    when `issuers` is non-empty; `aud` when `audiences` is non-empty. `exp`, `nbf` and
+///    `iat` must be numbers from 0 to `NumericDate.latest` (`invalidClaim`), so `expiresAt`
+///    always converts to integer milliseconds.
 ///
 /// Thread-safe; `verify` does CPU work only (an RSA-2048 verify takes tens of microseconds).
 public final class JWTVerifier: @unchecked Sendable {
@@ -83,6 +86,7 @@ public final class JWTVerifier: @unchecked Sendable {
         guard let header = try? JSON.parse(headerBytes), case .object = header,
               let claims = try? JSON.parse(payloadBytes), case .object = claims else { throw JWTError.malformed }
         if header["crit"] != nil { throw JWTError.malformed }
+        if header.duplicateMemberName != nil || claims.duplicateMemberName != nil { throw JWTError.duplicateMember }
         guard let algName = header["alg"]?.stringValue else { throw JWTError.malformed }
         guard let alg = JWTAlgorithm(rawValue: algName) else { throw JWTError.algorithmNotAllowed }
         let kid: String?
@@ -114,7 +118,7 @@ public final class JWTVerifier: @unchecked Sendable {
         let now = clock()
         func numeric(_ name: String) throws -> Double? {
             guard let v = claims[name] else { return nil }
-            guard case .number(let text) = v, let d = Double(text), d.isFinite else { throw JWTError.invalidClaim }
+            guard let d = NumericDate.seconds(v) else { throw JWTError.invalidClaim }
             return d
         }
         let exp = try numeric("exp")

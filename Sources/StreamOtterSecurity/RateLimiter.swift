@@ -41,18 +41,26 @@ public struct RateLimiter: Sendable {
         refill(now)
         var waitNanos: UInt64 = 0
         if messagesPerSecond > 0, messageTokens < 1 {
-            waitNanos = max(waitNanos, UInt64(((1 - messageTokens) / messagesPerSecond * 1e9).rounded(.up)))
+            waitNanos = max(waitNanos, RateLimiter.nanos((1 - messageTokens) / messagesPerSecond))
         }
         if bytesPerSecond > 0 {
             let need = min(Double(bytes), byteBurst)
             if byteTokens < need {
-                waitNanos = max(waitNanos, UInt64(((need - byteTokens) / bytesPerSecond * 1e9).rounded(.up)))
+                waitNanos = max(waitNanos, RateLimiter.nanos((need - byteTokens) / bytesPerSecond))
             }
         }
         if waitNanos > 0 { return .limited(retryAfterNanos: waitNanos) }
         if messagesPerSecond > 0 { messageTokens -= 1 }
         if bytesPerSecond > 0 { byteTokens -= Double(bytes) }
         return .allowed
+    }
+
+    /// `seconds` in nanoseconds, rounded up; UInt64.max when it does not fit (a rate so low
+    /// that the wait is longer than 584 years, or NaN), instead of trapping.
+    static func nanos(_ seconds: Double) -> UInt64 {
+        let n = (seconds * 1e9).rounded(.up)
+        guard n < 0x1p64 else { return .max }
+        return n > 0 ? UInt64(n) : 0
     }
 
     private mutating func refill(_ now: UInt64) {

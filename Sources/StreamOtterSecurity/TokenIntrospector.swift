@@ -10,7 +10,8 @@ public enum IntrospectionError: Error, Equatable, Sendable, CustomStringConverti
     case tlsFailure
     /// The endpoint answered with a non-200 status.
     case httpStatus(Int)
-    /// Not HTTP, not JSON, or no boolean `active`.
+    /// Not HTTP, not JSON, no boolean `active`, a member name twice in one object, or an
+    /// active answer whose `exp` is not a number from 0 to `NumericDate.latest`.
     case badResponse
 
     public var reason: String {
@@ -35,7 +36,7 @@ public struct IntrospectionResult: Sendable, Equatable {
     public let active: Bool
     /// The whole response object (claims such as `sub`, `scope`, `exp`, `roles`...).
     public let claims: JSONValue
-    /// `exp`, seconds since the epoch, when present.
+    /// `exp`, seconds since the epoch, when present (0...`NumericDate.latest`).
     public let expiresAt: Double?
     /// True when served from the cache.
     public let cached: Bool
@@ -142,11 +143,19 @@ public final class TokenIntrospector: @unchecked Sendable {
             }
         }
         guard response.status == 200 else { throw IntrospectionError.httpStatus(response.status) }
-        guard let json = try? JSON.parse(response.body), case .object = json, case .bool(let active)? = json["active"] else {
+        // A repeated name (two `active`, two `sub`) would be read differently by other
+        // parsers (they take the last): the answer is refused like any other bad answer.
+        guard let json = try? JSON.parse(response.body), case .object = json, json.duplicateMemberName == nil,
+              case .bool(let active)? = json["active"] else {
             throw IntrospectionError.badResponse
         }
         var exp: Double? = nil
-        if case .number(let text)? = json["exp"] { exp = Double(text) }
+        if let v = json["exp"] {
+            // An active answer's `exp` bounds the connection, so it must be a NumericDate the
+            // gateway can use; an inactive answer is a refusal whatever its `exp` says.
+            exp = NumericDate.seconds(v)
+            if exp == nil && active { throw IntrospectionError.badResponse }
+        }
         let stillValid = exp.map { clock() < $0 } ?? true
         return IntrospectionResult(active: active && stillValid, claims: json, expiresAt: exp, cached: false)
     }

@@ -59,6 +59,24 @@ final class JSONTests: XCTestCase {
         XCTAssertEqual(try parse("\"s\"").stringValue, "s")
     }
 
+    func testDuplicateMemberNames() throws {
+        // Parsing keeps both members and lookup finds the first; duplicateMemberName reports
+        // the repeat (JWTs and introspection answers are refused for it).
+        let twice = try parse(#"{"a":1,"a":2}"#)
+        XCTAssertEqual(twice["a"], .number("1"))
+        XCTAssertEqual(twice.duplicateMemberName, "a")
+        XCTAssertNil(try parse(#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#).duplicateMemberName)
+        XCTAssertNil(try parse("[]").duplicateMemberName)
+        XCTAssertNil(try parse("1").duplicateMemberName)
+        XCTAssertEqual(try parse(#"{"a":1,"b":{"c":1,"c":2}}"#).duplicateMemberName, "c")
+        XCTAssertEqual(try parse(#"[1,{"x":[{"d":0,"e":1,"d":0}]}]"#).duplicateMemberName, "d")
+        // Names compare after unescaping, and as lookup compares them (canonical equivalence:
+        // a precomposed and a decomposed é are one name).
+        XCTAssertEqual(try parse(#"{"\u0061":1,"a":2}"#).duplicateMemberName, "a")
+        XCTAssertNotNil(try parse("{\"\u{e9}\":1,\"e\u{301}\":2}").duplicateMemberName)
+        XCTAssertNil(try parse(#"{"A":1,"a":2}"#).duplicateMemberName)
+    }
+
     func testErrorOffsets() {
         XCTAssertThrowsError(try parse("[1, x]")) { XCTAssertEqual(($0 as? JSONError)?.offset, 4) }
         XCTAssertThrowsError(try parse("{} x")) { XCTAssertEqual(($0 as? JSONError)?.offset, 3) }

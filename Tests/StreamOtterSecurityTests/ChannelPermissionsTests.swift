@@ -111,6 +111,18 @@ final class LimitsTests: XCTestCase {
         for _ in 0..<10_000 { XCTAssertEqual(none.consume(bytes: 1 << 20, now: 0), .allowed) }
     }
 
+    func testRateLimiterWaitsBeyondUInt64Saturate() {
+        // Rates so low that the wait does not fit a UInt64 of nanoseconds (it trapped).
+        var slow = RateLimiter(messagesPerSecond: 1e-12, bytesPerSecond: 0, messageBurst: 1, now: 0)
+        XCTAssertEqual(slow.consume(bytes: 1, now: 0), .allowed)
+        XCTAssertEqual(slow.consume(bytes: 1, now: 0), .limited(retryAfterNanos: .max))
+        var thin = RateLimiter(messagesPerSecond: 0, bytesPerSecond: 1e-6, now: 0)
+        XCTAssertEqual(thin.consume(bytes: 1 << 20, now: 0), .allowed)
+        XCTAssertEqual(thin.consume(bytes: 1, now: 1_000_000_000), .limited(retryAfterNanos: .max))
+        XCTAssertEqual(RateLimiter.nanos(.nan), .max)
+        XCTAssertEqual(RateLimiter.nanos(0.25), 250_000_000)
+    }
+
     func testConnectionLimits() {
         let l = ConnectionLimits(maxTotal: 5, maxPerAddress: 2)
         XCTAssertEqual(l.acquire(address: "10.0.0.1"), .accepted)

@@ -267,6 +267,68 @@ final class JWTVerifierTests: XCTestCase {
         XCTAssertThrowsError(try JWTKey(id: nil, algorithms: [.edDSA], material: .publicKey(TestKeys.rsa.publicKey)))
     }
 
+    // MARK: claim values and duplicate names
+
+    /// Signs `payload` (JSON text, used as is) with HS256 and the key `h1`.
+    func rawToken(_ payload: String, header: String = #"{"alg":"HS256","kid":"h1"}"#) throws -> String {
+        try JWTSigner.sign(headerJSON: Array(header.utf8), payload: Array(payload.utf8), algorithm: .hs256, key: .hmac(TestKeys.secret))
+    }
+
+    func testNumericDatesOutsideTheirRangeAreInvalidClaims() throws {
+        // exp x 1000 beyond Int64 (exp from about 9.3e15 s) trapped the gateway when it made
+        // the connection's expiry in milliseconds; 1e400 reads as infinity.
+        let v = verifier(try allKeys(), issuers: [], audiences: [])
+        let future = String(Int(now) + 300)
+        for bad in ["1e16", "10000000000000000", "9300000000000000", "9.3e15", "1e308", "1e400", "-1e400", "-1", "-0.5",
+                    "253402300800", "253402300799.5"] {
+            assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(bad)}"#), .invalidClaim)
+            assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(future),"nbf":\#(bad)}"#), .invalidClaim)
+            assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(future),"iat":\#(bad)}"#), .invalidClaim)
+        }
+        for bad in [#""1e16""#, "null", "true", "[1]", "{}"] {
+            assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(bad)}"#), .invalidClaim)
+            assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(future),"iat":\#(bad)}"#), .invalidClaim)
+        }
+        // The ends of the range and fractions are NumericDates.
+        let latest = try v.verify(try rawToken(#"{"sub":"a","exp":253402300799,"nbf":0,"iat":0}"#))
+        XCTAssertEqual(latest.expiresAt, NumericDate.latest)
+        XCTAssertEqual(try v.verify(try rawToken(#"{"sub":"a","exp":\#(future).25,"iat":1.5e9}"#)).expiresAt, now + 300.25)
+    }
+
+    func testNumericDateMillisecondsNeverTrap() {
+        XCTAssertEqual(NumericDate.milliseconds(1_750_000_000.5), 1_750_000_000_500)
+        XCTAssertEqual(NumericDate.milliseconds(NumericDate.latest), 253_402_300_799_000)
+        for huge in [1e16, 1e300, .greatestFiniteMagnitude, .infinity] {
+            XCTAssertEqual(NumericDate.milliseconds(huge), 253_402_300_799_000, "\(huge)")
+        }
+        for low in [0, -1, -1e300, -.infinity, .nan] {
+            XCTAssertEqual(NumericDate.milliseconds(low), 0, "\(low)")
+        }
+    }
+
+    func testDuplicateMemberNamesAreRefused() throws {
+        // Other JWT libraries take the last of two members (RFC 7519 section 4 allows that or
+        // refusing): the same token must not be alice here and bob there.
+        let v = verifier(try allKeys(), issuers: [], audiences: [])
+        let exp = String(Int(now) + 300)
+        assertRefused(v, try rawToken(#"{"sub":"alice","sub":"bob","exp":\#(exp)}"#), .duplicateMember)
+        assertRefused(v, try rawToken(#"{"sub":"carol","exp":\#(exp),"exp":1}"#), .duplicateMember)
+        assertRefused(v, try rawToken(#"{"sub":"carol","exp":1,"exp":\#(exp)}"#), .duplicateMember)
+        // An escaped spelling is the same name.
+        assertRefused(v, try rawToken(#"{"sub":"alice","s\u0075b":"bob","exp":\#(exp)}"#), .duplicateMember)
+        // In a nested object (a roles claim path) and in an object inside an array.
+        assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(exp),"realm_access":{"roles":["reader"],"roles":["admin"]}}"#),
+                      .duplicateMember)
+        assertRefused(v, try rawToken(#"{"sub":"a","exp":\#(exp),"x":[{"k":1,"k":2}]}"#), .duplicateMember)
+        // In the header.
+        let claims = #"{"sub":"a","exp":\#(exp)}"#
+        assertRefused(v, try rawToken(claims, header: #"{"alg":"HS256","kid":"h1","kid":"r1"}"#), .duplicateMember)
+        assertRefused(v, try rawToken(claims, header: #"{"alg":"HS256","alg":"none","kid":"h1"}"#), .duplicateMember)
+        // The same name in different objects is no repeat.
+        XCTAssertEqual(try v.verify(try rawToken(#"{"sub":"a","exp":\#(exp),"o":{"sub":"b","exp":1}}"#)).subject, "a")
+        XCTAssertEqual(JWTError.duplicateMember.reason, "duplicate_member")
+    }
+
     func testErrorReasonsAreStable() {
         XCTAssertEqual(JWTError.algorithmNotAllowed.reason, "algorithm_not_allowed")
         XCTAssertEqual(JWTError.badSignature.reason, "bad_signature")

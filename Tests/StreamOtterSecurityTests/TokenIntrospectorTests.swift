@@ -32,6 +32,15 @@ final class TokenIntrospectorTests: XCTestCase {
             case "boom": return .init(status: 500, body: "{}")
             case "junk": return .init(body: "<html>")
             case "a%2Bb%3Dc.d": return .init(body: #"{"active":true,"sub":"encoded","exp":\#(Int(t0) + 100)}"#)
+            case "dup-sub": return .init(body: #"{"active":true,"sub":"alice","sub":"bob","exp":\#(Int(t0) + 100)}"#)
+            case "dup-active": return .init(body: #"{"active":false,"active":true,"sub":"alice"}"#)
+            case "dup-nested": return .init(body: #"{"active":true,"sub":"alice","realm":{"roles":["a"],"roles":["admin"]}}"#)
+            case "exp-huge": return .init(body: #"{"active":true,"sub":"alice","exp":10000000000000000}"#)
+            case "exp-inf": return .init(body: #"{"active":true,"sub":"alice","exp":1e400}"#)
+            case "exp-negative": return .init(body: #"{"active":true,"sub":"alice","exp":-1}"#)
+            case "exp-string": return .init(body: #"{"active":true,"sub":"alice","exp":"\#(Int(t0) + 100)"}"#)
+            case "exp-latest": return .init(body: #"{"active":true,"sub":"alice","exp":253402300799}"#)
+            case "inactive-exp-junk": return .init(body: #"{"active":false,"exp":1e400}"#)
             default: return .init(body: #"{"active":false}"#)
             }
         }
@@ -131,6 +140,42 @@ final class TokenIntrospectorTests: XCTestCase {
         server.stop()
         let gone = try TokenIntrospector(configuration: i.configuration)
         XCTAssertThrowsError(try gone.introspect("good")) { XCTAssertEqual($0 as? IntrospectionError, .connectFailed) }
+    }
+
+    func testDuplicateNamesAndBadExpAreBadResponses() throws {
+        // A repeated name means different things to parsers taking the first and the last;
+        // an exp that is no NumericDate (1e16 s once trapped the gateway's conversion to
+        // milliseconds) cannot bound a connection.
+        let server = makeServer()
+        defer { server.stop() }
+        let i = try makeIntrospector(server, clock: ManualClock(t0))
+        for token in ["dup-sub", "dup-active", "dup-nested", "exp-huge", "exp-inf", "exp-negative", "exp-string"] {
+            XCTAssertThrowsError(try i.introspect(token), token) { XCTAssertEqual($0 as? IntrospectionError, .badResponse, token) }
+        }
+        XCTAssertEqual(try i.introspect("exp-latest").expiresAt, NumericDate.latest)
+        // An inactive answer is a refusal whatever its exp says.
+        let inactive = try i.introspect("inactive-exp-junk")
+        XCTAssertFalse(inactive.active)
+        XCTAssertNil(inactive.expiresAt)
+    }
+
+    func testResponseLengthsFromTheServerCannotOverflow() {
+        // Content-Length and chunk sizes up to Int.max, or negative: incomplete (nil), never
+        // an overflow in the bounds arithmetic.
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        for (headers, body) in [("Content-Length: 9223372036854775807\r\n", "{}"),
+                                ("Content-Length: 9223372036854775806\r\n", "{}"),
+                                ("Content-Length: -5\r\n", "{\"active\":true}"),
+                                ("Transfer-Encoding: chunked\r\n", "7fffffffffffffff\r\n{}\r\n0\r\n\r\n"),
+                                ("Transfer-Encoding: chunked\r\n", "7ffffffffffffffe\r\n{}")] {
+            let data = Array((head + headers + "\r\n" + body).utf8)
+            XCTAssertNil(HTTPPostClient.parseResponse(data, final: false), headers)
+            XCTAssertNil(HTTPPostClient.parseResponse(data, final: true), headers)
+        }
+        let ok = Array((head + "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n").utf8)
+        XCTAssertEqual(HTTPPostClient.parseResponse(ok, final: false)?.body, Array("{}".utf8))
+        let sized = Array((head + "Content-Length: 2\r\n\r\n{}").utf8)
+        XCTAssertEqual(HTTPPostClient.parseResponse(sized, final: false)?.body, Array("{}".utf8))
     }
 
     func testCacheIsBounded() throws {

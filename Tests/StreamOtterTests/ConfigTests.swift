@@ -24,6 +24,26 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try c.set("listen", "nope"))
     }
 
+    func testSecurityNumbersAreFiniteAndBounded() throws {
+        // Values that cannot become integers (they trapped: UInt64(1e30), Int(inf)) are
+        // configuration errors naming the key.
+        var c = EngineConfig()
+        for (key, value) in [("auth.jwt.reload_interval_ms", "1e30"), ("auth.jwt.reload_interval_ms", "inf"),
+                             ("auth.introspection.timeout_ms", "1e300"), ("auth.introspection.timeout_ms", "nan"),
+                             ("encryption.reload_interval_ms", "infinity"), ("auth.jwt.leeway_s", "inf"),
+                             ("limits.bytes_per_second", "1e13"), ("limits.messages_per_second", "-1")] {
+            XCTAssertThrowsError(try c.set(key, value), "\(key)=\(value)") { e in
+                XCTAssertTrue("\(e)".contains(key), "\(e)")
+            }
+        }
+        try c.set("auth.jwt.reload_interval_ms", "1e12")
+        XCTAssertEqual(c.security.keyReloadIntervalMs, 1_000_000_000_000)
+        try c.set("auth.introspection.timeout_ms", "2500")
+        XCTAssertEqual(c.security.introspectionTimeoutMs, 2500)
+        try c.set("limits.bytes_per_second", "0.5")
+        XCTAssertEqual(c.security.bytesPerSecond, 0.5)
+    }
+
     func testListenAndFile() throws {
         var c = EngineConfig()
         try c.set("listen", "0.0.0.0:0")

@@ -397,6 +397,78 @@ def test_jwt_expiry_enforced_with_pings_disabled(keys, gateway_factory):
     run(go(), 20)
 
 
+def hs256_raw(keys, payload: bytes, header: bytes = b'{"alg":"HS256","kid":"hs1"}') -> str:
+    """A correctly signed HS256 token over JSON text taken as is (numbers Python's json
+    cannot write, repeated member names)."""
+    si = (b64u(header) + "." + b64u(payload)).encode()
+    return si.decode() + "." + b64u(sign("HS256", keys.hmac_secret, si))
+
+
+def test_jwt_unusable_times_and_repeated_names_refused_and_gateway_survives(keys, gateway_factory, tmp_path):
+    """Correctly signed tokens whose exp/nbf/iat is no NumericDate the gateway can use
+    (exp = 1e16 s made the gateway trap converting it to Int64 milliseconds, at the upgrade
+    and on {"op":"auth"}), or with a member name twice (other parsers take the last one),
+    get 401 / `unauthorized`; the gateway keeps serving its clients and new ones."""
+    audit = tmp_path / "audit.jsonl"
+    gw = start_gateway(gateway_factory, keys.gateway_args({"audit.file": audit}))
+    now = int(time.time())
+    exp = now + 600
+    bad = {
+        "exp 1e16": (b'{"sub":"alice","exp":10000000000000000}', "invalid_claim"),
+        "exp 9.3e15": (b'{"sub":"alice","exp":9.3e15}', "invalid_claim"),
+        "exp 1e308": (b'{"sub":"alice","exp":1e308}', "invalid_claim"),
+        "exp 1e400": (b'{"sub":"alice","exp":1e400}', "invalid_claim"),
+        "exp after 9999": (b'{"sub":"alice","exp":253402300800}', "invalid_claim"),
+        "nbf 1e16": (b'{"sub":"alice","exp":%d,"nbf":1e16}' % exp, "invalid_claim"),
+        "iat -1": (b'{"sub":"alice","exp":%d,"iat":-1}' % exp, "invalid_claim"),
+        "sub twice": (b'{"sub":"alice","sub":"bob","exp":%d}' % exp, "duplicate_member"),
+        "exp twice": (b'{"sub":"alice","exp":%d,"exp":1}' % exp, "duplicate_member"),
+        "nested roles twice": (b'{"sub":"alice","exp":%d,"realm":{"roles":["a"],"roles":["b"]}}' % exp,
+                               "duplicate_member"),
+    }
+    tokens = {name: (hs256_raw(keys, payload), reason) for name, (payload, reason) in bad.items()}
+    tokens["kid twice in the header"] = (
+        hs256_raw(keys, b'{"sub":"alice","exp":%d}' % exp, b'{"alg":"HS256","kid":"hs1","kid":"rsa1"}'),
+        "duplicate_member")
+    good = make_jwt("HS256", keys.hmac_secret, claims("alice", ttl=600), kid="hs1")
+
+    async def refresh_while_connected():
+        # An authenticated client offers each token as a refresh: refused, and the
+        # connection (and the gateway) keep working.
+        c = await Client.connect(gw.url, "refreshing", additional_headers=auth_header(good))
+        for name, (token, reason) in tokens.items():
+            reply = await c.call({"op": "auth", "token": token})
+            assert reply["op"] == "error" and reply["code"] == "unauthorized", (name, reply)
+            assert reason in reply.get("message", ""), (name, reply)
+        await c.subscribe(gw.topic("t1"))
+        await c.close()
+    run(refresh_while_connected(), 30)
+
+    problems = []
+    for name, (token, reason) in tokens.items():
+        for how, kw in (("header", {"headers": auth_header(token)}),
+                        ("protocol", {"protocols": f"streamotter.v1, bearer.{token}"})):
+            r = status_of(gw, **kw)
+            if r.status != 401 or reason.encode() not in r.body:
+                problems.append(f"{name} via {how}: {r.status} {r.raw[:300]!r} (want 401 naming {reason})")
+    assert not problems, "\n".join(problems)
+    assert gw.proc.proc.poll() is None, "the gateway died"
+
+    # Another client is served: upgrade, subscribe, publish, receive.
+    async def another():
+        c = await Client.connect(gw.url, "after", additional_headers=auth_header(good))
+        t = gw.topic("t1")
+        await c.subscribe(t)
+        ack = await c.call({"op": "publish", "channel": t, "data": {"n": 1}})
+        assert ack["op"] == "ack", ack
+        assert (await c.wait_messages(1, 10))[0]["data"] == {"n": 1}
+        await c.close()
+    run(another(), 30)
+    wait_file_lines(audit, lambda ls: {"invalid_claim", "duplicate_member"} <= {
+        x.get("reason") for x in ls if x.get("event") == "auth_failure"},
+        what="auth_failure lines for invalid_claim and duplicate_member")
+
+
 def test_misconfigurations_refuse_to_start(gateway_exec, keys, tmp_path):
     """Unsafe or broken security settings stop `serve` at once with a message naming the
     setting, instead of starting with a weaker configuration."""
