@@ -1,5 +1,7 @@
 import re
-src=open('/work/main/include/streamotter.h').read()
+from pathlib import Path
+ROOT=Path(__file__).resolve().parent.parent  # the checkout this script is in
+src=open(ROOT/'include/streamotter.h').read()
 out=[]
 for m in re.finditer(r'(/\*\*(?:(?!\*/).)*\*/)\s*\n((?:SOT_API[^;]*;\s*)+)', src, re.S):
     doc=m.group(1)
@@ -31,5 +33,5 @@ for title,names in sections:
 missing=set(byname)-seen
 assert not missing, missing
 lines += ['## Structures','','`sot_header`, `sot_server_callbacks`, `sot_client_callbacks`, `sot_message`, `sot_client_health` and `sot_record` are declared in the header with their fields documented. Each public struct that may grow starts with `size_t size`: the caller sets it to `sizeof(struct)` (callbacks, health) or the library does (message, record), and fields are only ever appended.']
-open('/work/main/docs/c-api.md','w').write('\n'.join(lines)+'\n')
+open(ROOT/'docs/c-api.md','w').write('\n'.join(lines)+'\n')
 print(len(byname), "functions")

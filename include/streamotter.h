@@ -231,8 +231,9 @@ typedef struct sot_server_callbacks {
 SOT_API int sot_engine_set_server_callbacks(sot_engine *engine, const sot_server_callbacks *cbs,
                                             void *opaque);
 
-/** Queues a message (copied) to connection `conn`. Any thread. Returns SOT_OK, or
- *  SOT_ERR_NOT_FOUND when the connection is unknown or closed. */
+/** Queues a message (copied) to connection `conn`. Any thread. Returns SOT_OK,
+ *  SOT_ERR_NOT_FOUND when the connection is unknown or closed, or SOT_ERR_INVALID_ARG for
+ *  NULL data with a length or a length above SSIZE_MAX. */
 SOT_API int sot_conn_send(sot_engine *engine, uint64_t conn, const void *data, size_t len, int is_text);
 
 /** Starts the closing handshake of `conn` with `code` (1000-4999) and `reason` (may be
@@ -299,12 +300,12 @@ SOT_API int sot_engine_set_audit_callback(sot_engine *engine, sot_audit_cb cb, v
 /** Supplies message-encryption keys (AES-256-GCM of record values on the channels that
  *  match "encryption.channels", default all). To encrypt, the engine calls it with
  *  `key_id` NULL and the record's `channel`: write the active key's id (NUL-terminated,
- *  [A-Za-z0-9._-]{1,64}) into `out_key_id` and its 32 bytes into `out_key`. To decrypt,
- *  `key_id` names the key (from the record's streamotter-key-id header) and `channel` is
- *  NULL. Return 0 on success, non-zero when there is no such key (encryption then fails
- *  with "encryption_failed", decryption with "decrypt_failed"). Called on the engine's
- *  thread in both callback modes, for every record: it must be fast, must not block and
- *  must be thread-safe. */
+ *  [A-Za-z0-9._-]{1,64}; an unterminated one is cut at out_key_id_size - 1 bytes) into
+ *  `out_key_id` and its 32 bytes into `out_key`. To decrypt, `key_id` names the key (from
+ *  the record's streamotter-key-id header) and `channel` is NULL. Return 0 on success,
+ *  non-zero when there is no such key (encryption then fails with "encryption_failed",
+ *  decryption with "decrypt_failed"). Called on the engine's thread in both callback
+ *  modes, for every record: it must be fast, must not block and must be thread-safe. */
 typedef int (*sot_key_cb)(void *opaque, const char *key_id, const char *channel,
                           unsigned char out_key[32], char *out_key_id, size_t out_key_id_size);
 
@@ -328,7 +329,16 @@ SOT_API int sot_engine_set_key_provider(sot_engine *engine, sot_key_cb cb, void 
  *  "client.subprotocols" ("streamotter.v1"), "client.header.<Name>",
  *  "client.connect_timeout_ms", "client.max_message_size", "reconnect.enabled", and for
  *  wss:// URLs "client.tls.ca_file" (default: the system's trust store) and
- *  "client.tls.verify" (default true: the certificate and host name are verified). */
+ *  "client.tls.verify" (default true: the certificate and host name are verified).
+ *  A server that breaks the protocol never takes the host down: a WebSocket protocol
+ *  error, or a streamotter.v1 frame the client would act on (a "message" of a subscribed
+ *  channel, the "ack" or "ok" of one of its requests) with a field missing, of the wrong
+ *  type or out of range (partition 0..2^31-1, message offset 0..2^63-2, ok offsets
+ *  0..2^63-1), closes the connection with 1002 (1007/1009 for bad UTF-8 / too large),
+ *  reports on_error "protocol_error" and on_close with that code, and reconnects as after
+ *  any lost connection; nothing of the bad frame is delivered or applied (a publish stays
+ *  pending and is resent). Text that is not a JSON object, unknown ops and frames for
+ *  other channels or ids only reach on_message. */
 typedef struct sot_client sot_client;
 
 typedef enum sot_client_state {
@@ -350,7 +360,8 @@ typedef struct sot_client_callbacks {
     void (*on_message)(void *opaque, int is_text, const void *data, size_t len);
     void (*on_close)(void *opaque, int code, const char *reason);
     /** Connection failures, the circuit opening, gateway errors not tied to a request.
-     *  `code` is a short stable word ("connect_failed", "circuit_open", ...). */
+     *  `code` is a short stable word ("connect_failed", "circuit_open", ...);
+     *  "protocol_error" when the server broke the protocol (see sot_client). */
     void (*on_error)(void *opaque, const char *code, const char *message);
 } sot_client_callbacks;
 
@@ -390,7 +401,8 @@ SOT_API sot_client *sot_client_new(sot_engine *engine, const char *url, const so
 SOT_API int sot_client_start(sot_client *client);
 
 /** Sends a raw message (copied) on the current connection. Any thread. SOT_OK when queued;
- *  SOT_ERR_STATE when closed. (Messages sent while disconnected are dropped.) */
+ *  SOT_ERR_STATE when closed; SOT_ERR_INVALID_ARG for NULL data with a length or a length
+ *  above SSIZE_MAX. (Messages sent while disconnected are dropped.) */
 SOT_API int sot_client_send(sot_client *client, const void *data, size_t len, int is_text);
 
 /** Publishes `json` (the JSON text of `data`; copied) to `channel` with an optional UTF-8

@@ -105,7 +105,10 @@ public struct PublishAck: Sendable {
 /// An error answered by the gateway or met by the client.
 public struct ClientError: Error, Sendable, CustomStringConvertible {
     /// A `streamotter.v1` error code (`forbidden`, `offset_out_of_range`, ...) or one of the
-    /// client's own: `disconnected`, `closed`, `circuit_open`, `connect_failed`, `handshake_failed`.
+    /// client's own: `disconnected`, `closed`, `circuit_open`, `connect_failed`, `tls_failed`,
+    /// `handshake_failed`, `protocol_error` (the server broke the WebSocket protocol or sent
+    /// a `streamotter.v1` frame with a missing or out-of-range field; the connection was
+    /// closed with 1002 (or 1007/1009) and the client reconnects).
     public var code: String
     public var message: String
     public var description: String { "\(code): \(message)" }
@@ -262,9 +265,11 @@ public final class StreamClient: TCPStreamDelegate {
         var h = ClientHealth()
         h.state = state
         h.rttMs = rttMs
-        h.missedPongs = Int32(missedPongs)
-        h.consecutiveFailures = Int32(failures)
-        h.reconnects = Int32(reconnects)
+        // Counters grow without bound over a long life (a server that keeps dropping the
+        // connection): clamp rather than trap.
+        h.missedPongs = Int32(clamping: missedPongs)
+        h.consecutiveFailures = Int32(clamping: failures)
+        h.reconnects = Int32(clamping: reconnects)
         if state == .open {
             let rttPenalty = min(50.0, rttMs / 10.0)
             h.score = Int32(max(0, min(100, 100 - Int(rttPenalty) - 25 * missedPongs)))
@@ -499,8 +504,10 @@ public final class StreamClient: TCPStreamDelegate {
             halfOpen = true
             delay = config.circuitCooldownMs
         } else {
-            // Exponential backoff with full jitter.
-            let exp = min(config.maxDelayMs, config.initialDelayMs << UInt64(min(failures, 30)))
+            // Exponential backoff with full jitter (the doubling saturates at the maximum:
+            // a large initial delay shifted left must not wrap around to a small one).
+            let shift = UInt64(min(failures, 30))
+            let exp = config.initialDelayMs > (config.maxDelayMs >> shift) ? config.maxDelayMs : config.initialDelayMs << shift
             delay = UInt64.random(in: 0...max(1, exp), using: &rng)
             setState(.waiting)
         }
@@ -657,19 +664,19 @@ public final class StreamClient: TCPStreamDelegate {
             do {
                 ev = try decoder.next()
             } catch let e as WSProtocolError {
-                closeCode = e.closeCode
-                var body: [UInt8] = [UInt8(e.closeCode >> 8), UInt8(e.closeCode & 0xff)]
-                body += Array(e.reason.utf8.prefix(100))
-                writeFrame(.close, body)
-                onError?(ClientError(code: "protocol_error", message: e.reason))
-                stream?.closeAfterWrites()
+                failConnection(code: e.closeCode, reason: e.reason)
                 return
             } catch { return }
             guard let ev else { return }
             switch ev {
             case .text(let m):
                 onMessage?(true, m)
-                handleProtocol(m)
+                do {
+                    try handleProtocol(m)
+                } catch {
+                    failConnection(code: 1002, reason: "protocol violation: \(error.reason)")
+                    return
+                }
             case .binary(let m):
                 onMessage?(false, m)
             case .ping(let p):
@@ -691,42 +698,47 @@ public final class StreamClient: TCPStreamDelegate {
         }
     }
 
-    private func handleProtocol(_ m: [UInt8]) {
-        guard let v = try? JSON.parse(m), case .object(let fields) = v else { return }
-        func str(_ k: String) -> String? { fields.first { $0.0 == k }.flatMap { if case .string(let s) = $0.1 { return s } else { return nil } } }
-        func int(_ k: String) -> Int64? { fields.first { $0.0 == k }.flatMap { if case .number(let n) = $0.1 { return Int64(n) } else { return nil } } }
-        switch str("op") {
+    /// Acts on a `streamotter.v1` frame from the server. Text that is not a JSON object, an
+    /// unknown `op`, a `message` for a channel without a subscription and an `ack`/`ok` for
+    /// an id the client did not send are left to the host's onMessage. A frame the client
+    /// acts on is validated first (ServerFrameReader: partitions 0...2^31-1, record offsets
+    /// 0...2^63-2, ...); a violation throws before any state changes or callback runs, and
+    /// the caller closes the connection with 1002 (see failConnection).
+    private func handleProtocol(_ m: [UInt8]) throws(ServerFrameViolation) {
+        guard let f = ServerFrameReader(m) else { return }
+        switch f.op {
         case "message":
-            guard let channel = str("channel"), let sub = subscriptions[channel],
-                  let p = int("partition"), let off = int("offset") else { return }
-            let part = Int32(p)
+            guard let channel = f.string("channel"), let sub = subscriptions[channel] else { return }
+            let part = try f.partition()
+            let off = try f.recordOffset()
+            let timestamp = try f.timestamp()
             if let next = sub.positions[part], off < next { return }   // already delivered before a reconnect
-            sub.positions[part] = off + 1
+            sub.positions[part] = off + 1   // cannot overflow: off < Int64.max
             var data: [UInt8]?
-            if let d = fields.first(where: { $0.0 == "data" })?.1 {
+            if let d = f.value("data") {
                 var out: [UInt8] = []
                 d.append(to: &out)
                 data = out
             }
-            sub.handler(StreamMessage(channel: channel, partition: part, offset: off, timestamp: int("timestamp") ?? -1,
-                                      key: str("key"), data: data, frame: m))
+            sub.handler(StreamMessage(channel: channel, partition: part, offset: off, timestamp: timestamp,
+                                      key: f.string("key"), data: data, frame: m))
         case "ack":
-            guard let id = str("id"), let p = pending.removeValue(forKey: id)?.p else { return }
-            p.completion(.success(PublishAck(channel: str("channel") ?? p.channel, partition: Int32(int("partition") ?? -1), offset: int("offset") ?? -1)))
+            guard let id = f.string("id"), let p = pending[id]?.p else { return }
+            let ack = PublishAck(channel: f.string("channel") ?? p.channel, partition: try f.partition(), offset: try f.ackOffset())
+            pending.removeValue(forKey: id)
+            p.completion(.success(ack))
         case "ok":
-            guard let id = str("id") else { return }
+            guard let id = f.string("id") else { return }
             if let u = unsubscribes.removeValue(forKey: id) { u(.success(())); return }
             guard let sub = subscriptions.values.first(where: { $0.requestId == id }) else { return }
-            if case .object(let offs)? = fields.first(where: { $0.0 == "offsets" })?.1 {
-                for (k, v) in offs {
-                    if let p = Int32(k), case .number(let n) = v, let o = Int64(n), sub.positions[p] == nil { sub.positions[p] = o }
-                }
-            }
+            for (p, o) in try f.startOffsets() ?? [] where sub.positions[p] == nil { sub.positions[p] = o }
             sub.completion?(.success(()))
             sub.completion = nil
         case "error":
-            let e = ClientError(code: str("code") ?? "error", message: str("message") ?? "")
-            if let id = str("id") {
+            // No numbers are taken from an error frame; code and message fall back to
+            // defaults when they are not strings.
+            let e = ClientError(code: f.string("code") ?? "error", message: f.string("message") ?? "")
+            if let id = f.string("id") {
                 if let p = pending.removeValue(forKey: id)?.p {
                     p.completion(.failure(e))
                     return
@@ -742,6 +754,27 @@ public final class StreamClient: TCPStreamDelegate {
         default:
             break
         }
+    }
+
+    /// The server broke the protocol (a WebSocket protocol error, or a `streamotter.v1`
+    /// frame the client cannot act on): sends Close `code` (1002 for a bad frame), stops
+    /// reading this connection, and reports `protocol_error` to onError. The connection's
+    /// onClose then reports `code` and `reason`, and the client reconnects as after any
+    /// lost connection (resubscribing from its positions, resending unacknowledged
+    /// publishes: nothing from the bad frame was applied).
+    private func failConnection(code: UInt16, reason: String) {
+        closeCode = code
+        closeReason = reason
+        var body: [UInt8] = [UInt8(code >> 8), UInt8(code & 0xff)]
+        // At most 123 bytes of reason in a Close frame; cut on a character boundary.
+        for ch in reason.unicodeScalars {
+            let bytes = Array(String(ch).utf8)
+            if body.count + bytes.count > 125 { break }
+            body += bytes
+        }
+        writeFrame(.close, body)
+        stream?.closeAfterWrites()   // reads from now on are discarded
+        onError?(ClientError(code: "protocol_error", message: reason))
     }
 
     func streamDidEnd(_ stream: TCPStream, error: Int32) {}

@@ -108,7 +108,7 @@ public final class KafkaConsumer {
     /// Joins the consumer group for `topics` (needs group.id).
     public func subscribe(_ topics: [String]) throws {
         guard !topics.isEmpty else { throw StreamOtterError(.config, "no topics") }
-        let list = rd_kafka_topic_partition_list_new(Int32(topics.count))!
+        let list = rd_kafka_topic_partition_list_new(Int32(clamping: topics.count))!   // an initial size; the list grows
         defer { rd_kafka_topic_partition_list_destroy(list) }
         for t in topics { rd_kafka_topic_partition_list_add(list, t, RD_KAFKA_PARTITION_UA) }
         let rc = rd_kafka_subscribe(rk, list)

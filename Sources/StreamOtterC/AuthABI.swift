@@ -24,11 +24,13 @@ public func sot_engine_set_auth_callback(_ e: OpaquePointer?, _ cb: sot_auth_cb?
     guard !h.started else { return fail(-3, "set the auth callback before sot_engine_start") }
     let answers = h.authAnswers
     let d = h.dispatcher
-    let timeout = Int(h.engine.config.handshakeTimeoutMs)
+    // Saturating: ws.handshake_timeout_ms may be as large as the host likes.
+    let timeout = Int(clamping: h.engine.config.handshakeTimeoutMs).addingReportingOverflow(1000)
+    let forgetAfterMs = timeout.overflow ? Int.max : timeout.partialValue
     h.engine.authHandler = { [weak engine = h.engine] req, answer in
         answers.put(req.id, answer)
         // Forget unanswered requests after the handshake deadline.
-        engine?.runAfter(ms: timeout + 1000) { _ in _ = answers.take(req.id) }
+        engine?.runAfter(ms: forgetAfterMs) { _ in _ = answers.take(req.id) }
         d.deliver {
             withHeaders(req.headers.map { ($0.0, Array($0.1.utf8)) }) { hp, n in
                 req.path.withCString { path in
@@ -94,6 +96,7 @@ public func sot_engine_set_key_provider(_ e: OpaquePointer?, _ cb: sot_key_cb?, 
             withOptionalCString(channel) { c in cb(box.value, k, c, &key, &idBuf, idBuf.count) }
         }
         guard rc == 0 else { return nil }
+        idBuf[idBuf.count - 1] = 0   // a provider that filled the whole buffer: cut, never read past it
         let id = keyID ?? String(cString: idBuf)
         return id.isEmpty ? nil : (id, key)
     }

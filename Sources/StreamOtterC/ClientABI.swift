@@ -108,6 +108,7 @@ public func sot_client_start(_ c: OpaquePointer?) -> Int32 {
 public func sot_client_send(_ c: OpaquePointer?, _ data: UnsafeRawPointer?, _ len: Int, _ isText: Int32) -> Int32 {
     guard let h = clientHandle(c) else { return fail(-10, "not a live client handle") }
     guard data != nil || len == 0 else { return fail(-1, "data must not be NULL") }
+    guard validLength(len) else { return fail(-1, "len is too large") }
     guard h.client.health.state != .closed || !h.started else { return fail(-3, "the client is closed") }
     h.client.send(bytes(data, len), text: isText != 0)
     return 0

@@ -134,7 +134,8 @@ public func sot_engine_fd(_ e: OpaquePointer?) -> Int32 {
 public func sot_engine_poll(_ e: OpaquePointer?, _ max: Int32) -> Int32 {
     guard let h = engineHandle(e) else { return fail(-10, "not a live engine handle") }
     guard h.dispatcher.pollMode else { return fail(-3, "the engine delivers callbacks on its thread (callbacks=thread)") }
-    return Int32(h.dispatcher.poll(max: Int(max)))
+    // At most Int32.max callbacks per call, so the count always fits the return type.
+    return Int32(h.dispatcher.poll(max: max > 0 ? Int(max) : Int(Int32.max)))
 }
 
 let runtimeInfoString = strdup(runtimeLibraryInfo())!
@@ -160,6 +161,7 @@ public func sot_engine_set_server_callbacks(_ e: OpaquePointer?, _ cbs: UnsafePo
 public func sot_conn_send(_ e: OpaquePointer?, _ conn: UInt64, _ data: UnsafeRawPointer?, _ len: Int, _ isText: Int32) -> Int32 {
     guard let h = engineHandle(e) else { return fail(-10, "not a live engine handle") }
     guard data != nil || len == 0 else { return fail(-1, "data must not be NULL") }
+    guard validLength(len) else { return fail(-1, "len is too large") }
     return h.engine.send(connection: conn, bytes(data, len), text: isText != 0) ? 0 : fail(-8, "connection \(conn) is unknown or closed")
 }
 
@@ -179,7 +181,9 @@ public func sot_engine_publish(_ e: OpaquePointer?, _ channel: UnsafePointer<CCh
     guard let h = engineHandle(e) else { return fail(-10, "not a live engine handle") }
     guard let channel else { return fail(-1, "channel must not be NULL") }
     guard value != nil || valueLen == 0, key != nil || keyLen == 0 else { return fail(-1, "NULL data with a length") }
-    guard let hdrs = readHeaders(headers, nHeaders) else { return fail(-1, "headers must not be NULL when n_headers > 0") }
+    guard validLength(keyLen), validLength(valueLen) else { return fail(-1, "key_len or value_len is too large") }
+    let hdrs: [(String, [UInt8])]
+    do { hdrs = try readHeaders(headers, nHeaders) } catch { return fail(-1, error.message) }
     let topic = String(cString: channel)
     let d = h.dispatcher
     do {

@@ -230,19 +230,34 @@ func withHeaders<R>(_ headers: [(String, [UInt8]?)], _ body: (UnsafePointer<sot_
     return arr.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
 }
 
-func readHeaders(_ h: UnsafePointer<sot_header>?, _ n: Int) -> [(String, [UInt8])]? {
+/// A host argument the C ABI refuses (SOT_ERR_INVALID_ARG with this message).
+struct ArgumentError: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// Copies the host's headers. A size_t count or length above SSIZE_MAX arrives here as a
+/// negative Int: refused, as is a NULL array or name (never a trap).
+func readHeaders(_ h: UnsafePointer<sot_header>?, _ n: Int) throws(ArgumentError) -> [(String, [UInt8])] {
+    guard n >= 0 else { throw ArgumentError("n_headers is too large") }
     guard n > 0 else { return [] }
-    guard let h else { return nil }
+    guard let h else { throw ArgumentError("headers must not be NULL when n_headers > 0") }
     var out: [(String, [UInt8])] = []
     for i in 0..<n {
-        guard let name = h[i].name else { return nil }
+        guard let name = h[i].name else { throw ArgumentError("headers[\(i)].name must not be NULL") }
+        guard h[i].value_len >= 0 else { throw ArgumentError("headers[\(i)].value_len is too large") }
         let v: [UInt8] = h[i].value.map { Array(UnsafeRawBufferPointer(start: $0, count: h[i].value_len)) } ?? []
         out.append((String(cString: name), v))
     }
     return out
 }
 
+/// Copies `n` bytes at `p` ([] for NULL or 0). Callers check `validLength` first: a
+/// negative `n` (a size_t above SSIZE_MAX) is refused, not read as empty.
 func bytes(_ p: UnsafeRawPointer?, _ n: Int) -> [UInt8] {
     guard let p, n > 0 else { return [] }
     return Array(UnsafeRawBufferPointer(start: p, count: n))
 }
+
+/// True when a size_t length from the host can describe a buffer (at most SSIZE_MAX).
+func validLength(_ n: Int) -> Bool { n >= 0 }

@@ -151,6 +151,90 @@ final class EngineClientTests: XCTestCase {
         }
     }
 
+    /// A server that breaks streamotter.v1 (here an engine with gateway.protocol=none whose
+    /// host answers by hand) must not take the client's process down: a `message` with a
+    /// partition beyond Int32, one with offset Int64.max (whose next offset would overflow),
+    /// a negative partition and an `ok` with a negative start offset each close the
+    /// connection with 1002, are reported as `protocol_error`, deliver nothing, and the
+    /// client reconnects; the fifth connection behaves and its message arrives.
+    func testServerFramesOutOfRangeCloseWith1002AndTheClientReconnects() throws {
+        var sc = EngineConfig()
+        try sc.set("listen", "127.0.0.1:0")
+        try sc.set("embedded.brokers", "1")
+        try sc.set("gateway.protocol", "none")
+        let server = Engine(config: sc)
+        let lock = NSLock()
+        var connections: [UInt64] = []
+        var serverCloses: [Int: UInt16] = [:]
+        var hooks = ServerHooks()
+        hooks.onConnect = { id, _, _ in lock.lock(); connections.append(id); lock.unlock() }
+        hooks.onClose = { id, code, _ in
+            lock.lock(); if let n = connections.firstIndex(of: id) { serverCloses[n + 1] = code }; lock.unlock()
+        }
+        hooks.onMessage = { [unowned server] id, _, bytes in
+            guard let req = try? JSON.parse(bytes), req["op"]?.stringValue == "subscribe",
+                  let rid = req["id"]?.stringValue, let channel = req["channel"]?.stringValue else { return }
+            lock.lock(); let n = (connections.firstIndex(of: id) ?? -1) + 1; lock.unlock()
+            func send(_ s: String) { server.send(connection: id, Array(s.utf8)) }
+            let ok = "{\"op\":\"ok\",\"id\":\"\(rid)\",\"channel\":\"\(channel)\",\"offsets\":{\"0\":0}}"
+            func message(_ p: String, _ o: String, _ n: Int) -> String {
+                "{\"op\":\"message\",\"channel\":\"\(channel)\",\"partition\":\(p),\"offset\":\(o),\"data\":{\"n\":\(n)}}"
+            }
+            switch n {
+            case 1: send(ok); send(message("1099511627776", "5", 1))
+            case 2: send(ok); send(message("0", "9223372036854775807", 2))
+            case 3: send(ok); send(message("-1", "0", 3))
+            case 4: send("{\"op\":\"ok\",\"id\":\"\(rid)\",\"channel\":\"\(channel)\",\"offsets\":{\"0\":-1}}")
+            default: send(ok); send(message("0", "0", 5))
+            }
+        }
+        server.serverHooks = hooks
+        try server.start()
+        defer { server.stop(); server.wait() }
+
+        var cc = EngineConfig()
+        try cc.set("mode", "client")
+        let ce = Engine(config: cc)
+        try ce.start()
+        defer { ce.stop(); ce.wait() }
+        var conf = ClientConfig()
+        try conf.set("reconnect.initial_delay_ms", "10")
+        try conf.set("reconnect.max_delay_ms", "40")
+        try conf.set("client.ping_interval_ms", "0")
+        let client = try StreamClient(engine: ce, url: "ws://127.0.0.1:\(server.port)/", config: conf)
+        var errors: [ClientError] = []
+        var closes: [(UInt16, String)] = []
+        var received: [StreamMessage] = []
+        var subscribed = 0
+        client.onError = { e in lock.lock(); errors.append(e); lock.unlock() }
+        client.onClose = { code, reason in lock.lock(); closes.append((code, reason)); lock.unlock() }
+        let good = expectation(description: "the good message of the fifth connection")
+        client.subscribe(channel: "orders", handler: { m in
+            lock.lock(); received.append(m); lock.unlock()
+            if m.partition == 0 && m.offset == 0 { good.fulfill() }
+        }) { r in
+            if case .success = r { lock.lock(); subscribed += 1; lock.unlock() }
+        }
+        client.start()
+        wait(for: [good], timeout: 20)
+        usleep(100_000)   // nothing else may arrive
+        client.close()
+
+        lock.lock(); defer { lock.unlock() }
+        XCTAssertEqual(received.map { "\($0.partition)/\($0.offset)" }, ["0/0"])
+        XCTAssertEqual(received.first.flatMap { $0.data.map { String(decoding: $0, as: UTF8.self) } }, "{\"n\":5}")
+        XCTAssertEqual(subscribed, 1, "the subscribe completes once (on the first good ok)")
+        XCTAssertEqual(errors.map(\.code), Array(repeating: "protocol_error", count: 4), "\(errors)")
+        XCTAssertTrue(errors[0].message.contains("partition 1099511627776 is outside 0...2147483647"), errors[0].message)
+        XCTAssertTrue(errors[1].message.contains("offset 9223372036854775807 is outside"), errors[1].message)
+        XCTAssertTrue(errors[2].message.contains("partition -1 is outside"), errors[2].message)
+        XCTAssertTrue(errors[3].message.contains("offsets[0] is not an offset"), errors[3].message)
+        XCTAssertEqual(closes.prefix(4).map { $0.0 }, [1002, 1002, 1002, 1002])
+        XCTAssertEqual(closes.first?.1, errors.first?.message, "onClose carries the reason")
+        XCTAssertEqual((1...4).map { serverCloses[$0] }, [1002, 1002, 1002, 1002], "the server received Close 1002")
+        XCTAssertGreaterThanOrEqual(client.health.reconnects, 4)
+    }
+
     func testCircuitOpensWhenServerIsGone() throws {
         var c = EngineConfig()
         try c.set("mode", "client")

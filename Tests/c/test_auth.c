@@ -119,6 +119,49 @@ static void test_key_provider(void) {
     sot_engine_destroy(e);
 }
 
+/* A key provider that fills the whole id buffer without a NUL: the engine cuts the id at
+ * out_key_id_size - 1 bytes (64 'k') instead of reading past the buffer (it trapped). */
+static atomic_int long_msgs, long_subs;
+static int long_id_key_cb(void *o, const char *key_id, const char *channel, unsigned char out[32], char *out_id, size_t n) {
+    (void)o; (void)channel;
+    char want[65];
+    memset(want, 'k', 64);
+    want[64] = 0;
+    if (key_id && strcmp(key_id, want) != 0) return 1;
+    for (int i = 0; i < 32; i++) out[i] = (unsigned char)(i * 5 + 1);
+    if (!key_id) memset(out_id, 'k', n);
+    return 0;
+}
+static void long_on_msg(void *o, const sot_message *m) {
+    (void)o;
+    if (m->data && strstr(m->data, "sealed")) atomic_fetch_add(&long_msgs, 1);
+}
+static void long_on_sub(void *o, int st, const char *c, const char *m) { (void)o; (void)c; (void)m; if (st == SOT_OK) atomic_fetch_add(&long_subs, 1); }
+
+static void test_key_provider_unterminated_id(void) {
+    char err[256];
+    sot_conf *c = sot_conf_new();
+    sot_conf_set(c, "listen", "127.0.0.1:0", err, sizeof err);
+    sot_conf_set(c, "embedded.brokers", "1", err, sizeof err);
+    sot_conf_set(c, "embedded.topics", "vault2:1", err, sizeof err);
+    sot_conf_set(c, "encryption.channels", "vault2", err, sizeof err);
+    sot_engine *e = sot_engine_new(c, err, sizeof err);
+    sot_conf_destroy(c);
+    CHECK(sot_engine_set_key_provider(e, long_id_key_cb, NULL) == SOT_OK);
+    CHECK(sot_engine_start(e) == SOT_OK);
+    char url[128];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/", sot_engine_port(e));
+    sot_client *cl = sot_client_new(e, url, NULL, NULL, NULL, err, sizeof err);
+    sot_client_start(cl);
+    sot_client_subscribe(cl, "vault2", NULL, long_on_msg, long_on_sub, NULL);
+    WAIT_FOR(atomic_load(&long_subs) == 1, 5);
+    for (int i = 0; i < 3; i++) sot_client_publish(cl, "vault2", NULL, "{\"note\":\"sealed\"}", NULL, NULL);
+    WAIT_FOR(atomic_load(&long_msgs) == 3, 10);
+    CHECK(atomic_load(&long_msgs) == 3);   /* sealed with the cut id, opened with it */
+    sot_client_destroy(cl);
+    sot_engine_destroy(e);
+}
+
 int main(void) {
     char err[256];
     sot_conf *c = sot_conf_new();
@@ -170,5 +213,6 @@ int main(void) {
     sot_engine_destroy(ce);
     sot_engine_destroy(gw);
     test_key_provider();
+    test_key_provider_unterminated_id();
     return report();
 }

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,16 @@ static void test_roundtrip(void) {
     CHECK(sot_engine_publish(gw, "ctest", -1, "k", 1, "{\"from\":\"engine\"}", 17, NULL, 0, on_delivery, NULL) == SOT_OK);
     CHECK(sot_engine_publish(gw, NULL, -1, NULL, 0, "x", 1, NULL, 0, NULL, NULL) == SOT_ERR_INVALID_ARG);
     CHECK(sot_engine_publish(ce, "ctest", -1, NULL, 0, "x", 1, NULL, 0, NULL, NULL) == SOT_ERR_STATE);
+    /* A size_t beyond SSIZE_MAX describes no buffer: refused with a message, never read
+     * (a header's value_len trapped). */
+    sot_header huge = {"h", "v", SIZE_MAX};
+    CHECK(sot_engine_publish(gw, "ctest", -1, NULL, 0, "x", 1, &huge, 1, NULL, NULL) == SOT_ERR_INVALID_ARG);
+    CHECK(strstr(sot_last_error(), "value_len") != NULL);
+    CHECK(sot_engine_publish(gw, "ctest", -1, NULL, 0, "x", 1, &huge, SIZE_MAX, NULL, NULL) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_engine_publish(gw, "ctest", -1, NULL, 0, "x", SIZE_MAX, NULL, 0, NULL, NULL) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_engine_publish(gw, "ctest", -1, "k", SIZE_MAX, "x", 1, NULL, 0, NULL, NULL) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_client_send(cl, "x", SIZE_MAX, 1) == SOT_ERR_INVALID_ARG);
+    CHECK(sot_conn_send(gw, 1, "x", SIZE_MAX, 1) == SOT_ERR_INVALID_ARG);
     WAIT_FOR(atomic_load(&delivered) == 1 && atomic_load(&msgs) == N + 1, 10);
     CHECK(atomic_load(&delivered) == 1);
     CHECK(atomic_load(&msgs) == N + 1);

@@ -293,7 +293,8 @@ class Client(Closable):
     publishes. Client configuration keys: client.*, reconnect.*, circuit.* (see the
     header). Callbacks: `on_open(subprotocol)`, `on_message(data)` (every frame, raw),
     `on_close(code, reason)`, `on_error(code, message)` (for example "connect_failed",
-    "circuit_open").
+    "circuit_open", or "protocol_error" when the server broke the protocol: the client
+    closes that connection with 1002 and reconnects; nothing of the bad frame is delivered).
 
     All methods may be called from any thread, including from inside callbacks.
     """
