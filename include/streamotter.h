@@ -336,8 +336,9 @@ SOT_API int sot_engine_set_key_provider(sot_engine *engine, sot_key_cb cb, void 
  *  type or out of range (partition 0..2^31-1, message offset 0..2^63-2, ok offsets
  *  0..2^63-1), closes the connection with 1002 (1007/1009 for bad UTF-8 / too large),
  *  reports on_error "protocol_error" and on_close with that code, and reconnects as after
- *  any lost connection; nothing of the bad frame is delivered or applied (a publish stays
- *  pending and is resent). Text that is not a JSON object, unknown ops and frames for
+ *  any lost connection, except that such a connection counts as a failure for the backoff
+ *  and the circuit breaker (a server that does it every time is not hammered); nothing of
+ *  the bad frame is delivered or applied (a publish stays pending and is resent). Text that is not a JSON object, unknown ops and frames for
  *  other channels or ids only reach on_message. */
 typedef struct sot_client sot_client;
 

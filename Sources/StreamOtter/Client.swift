@@ -182,6 +182,11 @@ public final class StreamClient: TCPStreamDelegate {
     private var pingTimer: LoopTimer?
     private var connectDeadline: LoopTimer?
     private var failures = 0
+    /// This connection ended in a protocol violation by the server (see failConnection).
+    private var violated = false
+    /// Connections in a row that ended in a violation; the failure count starts from it
+    /// when a connection opens, so that opening does not wipe the backoff out.
+    private var violationStreak = 0
     private var reconnects = 0
     private var userClosed = false
     private var started = false
@@ -526,7 +531,7 @@ public final class StreamClient: TCPStreamDelegate {
     private func opened(subprotocol: String?) {
         connectDeadline?.close(); connectDeadline = nil
         upgraded = true
-        failures = 0
+        failures = violationStreak
         halfOpen = false
         missedPongs = 0
         pingOutstanding = false
@@ -765,6 +770,7 @@ public final class StreamClient: TCPStreamDelegate {
     private func failConnection(code: UInt16, reason: String) {
         closeCode = code
         closeReason = reason
+        violated = true
         var body: [UInt8] = [UInt8(code >> 8), UInt8(code & 0xff)]
         // At most 123 bytes of reason in a Close frame; cut on a character boundary.
         for ch in reason.unicodeScalars {
@@ -788,7 +794,17 @@ public final class StreamClient: TCPStreamDelegate {
             upgraded = false
             onClose?(closeCode, closeReason)
             if userClosed { return }
-            // An open connection that was lost: reconnect (not counted as a failure).
+            // An open connection that was lost: reconnect (not counted as a failure), unless
+            // the server broke the protocol: that counts, so a server that does it on every
+            // connection meets the backoff and the circuit breaker instead of a reconnect
+            // every few milliseconds (opening had reset the count).
+            if violated {
+                violated = false
+                violationStreak += 1
+                failures = violationStreak
+            } else {
+                violationStreak = 0
+            }
             scheduleReconnect()
         } else if !userClosed, state == .connecting {
             connectFailed(ClientError(code: s.failure != nil ? "tls_failed" : "connect_failed",

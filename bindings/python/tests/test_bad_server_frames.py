@@ -195,3 +195,53 @@ def test_frames_the_client_does_not_act_on_are_harmless():
     assert [e for e in events if e[0] == "error"] == [], events
     assert [e for e in events if e[0] == "message"] == [["message", 0, 0, 1733220000000, {"n": 2}]], events
     assert len(conns) == 1 and next(e[1] for e in events if e[0] == "reconnects") == 0
+
+
+CHILD_IDLE = r"""
+import json, sys, time
+import streamotter as so
+
+conf = {"reconnect.initial_delay_ms": 20, "reconnect.max_delay_ms": 200, "client.ping_interval_ms": 0,
+        "circuit.failure_threshold": 5, "circuit.cooldown_ms": 5000}
+with so.Engine({"mode": "client"}) as e:
+    c = e.client(sys.argv[1], conf)
+    c.subscribe("orders", lambda m: None)
+    time.sleep(2.0)
+    h = c.health()
+    print(json.dumps([h.state.name, h.consecutive_failures, h.reconnects]), flush=True)
+    c.close()
+"""
+
+
+def test_a_server_that_always_breaks_the_protocol_meets_the_backoff():
+    """Every connection gets a bad frame right after the subscribe's ok. Each violation
+    counts as a failure (opening had reset the count), so the reconnects back off and the
+    circuit breaker opens after 5: a handful of connections in 2 s, where resetting on
+    every open reconnected every 0-20 ms (about a hundred)."""
+    conns = []
+
+    async def handler(ws):
+        conns.append(1)
+        try:
+            async for raw in ws:
+                req = json.loads(raw)
+                if req.get("op") == "subscribe":
+                    await ws.send(ok(req["id"]))
+                    await ws.send(message(partition=BIG_PARTITION, n=1))
+        except websockets.ConnectionClosed:
+            pass
+
+    async def go():
+        async with websockets.serve(handler, "127.0.0.1", 0, subprotocols=["streamotter.v1"]) as server:
+            port = server.sockets[0].getsockname()[1]
+            env = dict(os.environ, PYTHONPATH=BINDING_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            p = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD_IDLE, f"ws://127.0.0.1:{port}/",
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                     env=env)
+            stdout, stderr = await asyncio.wait_for(p.communicate(), 30)
+            assert p.returncode == 0, stderr.decode(errors="replace")[-2000:]
+            return json.loads(stdout.decode().strip().splitlines()[-1])
+
+    state, failures, reconnects = asyncio.run(go())
+    assert state == "CIRCUIT_OPEN" and failures >= 5, (state, failures, reconnects)
+    assert len(conns) <= 8, f"{len(conns)} connections in 2 s"
