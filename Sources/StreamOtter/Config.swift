@@ -39,6 +39,10 @@ public struct EngineConfig {
     /// Publish resends answered from memory: most acknowledged (channel, id) entries kept
     /// (0 turns the dedupe window off), and for how long.
     public var dedupeWindow = 100_000
+    /// Publishes one connection may have handed to Kafka and not yet answered; at this many
+    /// the gateway stops reading from it until half are answered (its share of the
+    /// producer queue).
+    public var maxPublishesInFlight = 1024
     public var dedupeWindowMs: UInt64 = 120_000
     /// Messages per second per replayed partition (0: no limit).
     public var replayRate = 10_000
@@ -88,7 +92,7 @@ public struct EngineConfig {
         "ws.handshake_timeout_ms", "ws.ping_interval_ms", "ws.idle_timeout_ms",
         "ws.close_timeout_ms", "ws.max_buffered_bytes", "ws.max_inbound_buffered_bytes", "ws.max_header_bytes", "ws.max_headers",
         "security.allowed_origins", "limits.max_connections", "limits.max_connections_per_address",
-        "limits.max_subscriptions", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
+        "limits.max_subscriptions", "limits.max_publishes_in_flight", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.client_auth", "tls.min_version", "tls.reload_interval_ms",
         "gateway.dedupe_window", "gateway.dedupe_window_ms", "gateway.replay_rate", "gateway.deliver_on_ack", "ws.slow_consumer",
         "ws.slow_consumer_grace_ms",
     ]
@@ -137,6 +141,7 @@ public struct EngineConfig {
         case "limits.max_connections": ws.maxConnections = try int(1)
         case "limits.max_connections_per_address": ws.maxConnectionsPerAddress = try int(1)
         case "limits.max_subscriptions": maxSubscriptions = try int(1)
+        case "limits.max_publishes_in_flight": maxPublishesInFlight = try int(2)
         case "tls.cert_file": tlsSettings.certFile = value
         case "tls.key_file": tlsSettings.keyFile = value
         case "tls.ca_file": tlsSettings.caFile = value.isEmpty ? nil : value

@@ -92,6 +92,11 @@ extension Gateway {
         server.metrics.publishes += 1
         let created = wallClockMs()
         pendingPublishes.insert(token, PendingPublish(connection: c, id: id, channel: channel, key: pkey, created: created))
+        // One connection's share of the producer queue: past it, stop reading from it until
+        // half its publishes are answered, so a flooding client cannot put every other
+        // client's publishes behind its own (requests already read still go through).
+        c.publishesInFlight += 1
+        if c.publishesInFlight >= maxPublishesInFlight { c.holdInbound(.publishesInFlight) }
         if let pkey { flow.dedupe.begin(pkey, token: token) }
         if flow.heldCount == 0 {
             let rc = producer.produce(topic: channel, key: key, headers: headers, value: value, token: token, timestamp: created)
@@ -110,7 +115,7 @@ extension Gateway {
         flow.held.append(h)
         flow.heldTotal += 1
         flow.heldPerConnection[h.connection, default: 0] += 1
-        c.holdInbound()
+        c.holdInbound(.producerQueueFull)
         if !flow.retryTimerRunning {
             if flow.retryTimer == nil { flow.retryTimer = LoopTimer(loop: loop) }
             flow.retryTimerRunning = true
@@ -133,7 +138,7 @@ extension Gateway {
             let left = (flow.heldPerConnection[h.connection] ?? 1) - 1
             if left <= 0 {
                 flow.heldPerConnection.removeValue(forKey: h.connection)
-                server.connections[h.connection]?.releaseInbound()
+                server.connections[h.connection]?.releaseInbound(.producerQueueFull)
             } else {
                 flow.heldPerConnection[h.connection] = left
             }
@@ -158,6 +163,11 @@ extension Gateway {
     func publishFinished(token: UInt64, err: rd_kafka_resp_err_t, partition: Int32, offset: Int64) -> Int64? {
         guard let p = pendingPublishes.remove(token) else { return nil }
         let ok = err == RD_KAFKA_RESP_ERR_NO_ERROR
+        let pc = p.connection
+        pc.publishesInFlight -= 1
+        if pc.publishesInFlight <= maxPublishesInFlight / 2 && pc.isHeld(.publishesInFlight) {
+            pc.releaseInbound(.publishesInFlight)
+        }
         if ok {
             server.metrics.acks += 1
             if let key = p.key { flow.dedupe.acked(key, partition: partition, offset: offset, now: loopNowMs(loop)) }

@@ -260,8 +260,20 @@ final class WebSocketConnection: TCPStreamDelegate {
 
     // MARK: inbound backpressure
 
+    /// Why the layer above stopped reading from this connection (reading resumes when no
+    /// reason is left).
+    enum InboundHold: UInt8 {
+        /// A publish waits for room in the producer queue.
+        case producerQueueFull = 1
+        /// The connection has `limits.max_publishes_in_flight` publishes unanswered.
+        case publishesInFlight = 2
+    }
+    private var inboundHolds: UInt8 = 0
     /// True while the layer above has stopped reading from this connection.
-    private(set) var inboundHeld = false
+    var inboundHeld: Bool { inboundHolds != 0 }
+    /// Publishes of this connection handed to Kafka and not yet answered (the gateway's
+    /// count, for `limits.max_publishes_in_flight`).
+    var publishesInFlight = 0
     /// True while reading is stopped because our own answers to this peer (pongs, replies,
     /// messages) are past the outbound bound: a peer that sends without reading must not
     /// grow gateway memory. Reading resumes when the backlog halves.
@@ -276,20 +288,24 @@ final class WebSocketConnection: TCPStreamDelegate {
     }
 
     /// Stops reading from the socket (TCP backpressure on the peer) until
-    /// `releaseInbound`. Requests already received are still delivered. The idle timeout
+    /// `releaseInbound` for every reason given. Requests already received are still delivered. The idle timeout
     /// does not run meanwhile.
-    func holdInbound() {
-        guard !inboundHeld, isOpen else { return }
-        inboundHeld = true
-        stream.stopReading()
+    func holdInbound(_ reason: InboundHold) {
+        guard isOpen, inboundHolds & reason.rawValue == 0 else { return }
+        let was = inboundHolds
+        inboundHolds |= reason.rawValue
+        if was == 0 { stream.stopReading() }
     }
 
-    func releaseInbound() {
-        guard inboundHeld else { return }
-        inboundHeld = false
+    func releaseInbound(_ reason: InboundHold) {
+        guard inboundHolds & reason.rawValue != 0 else { return }
+        inboundHolds &= ~reason.rawValue
+        guard inboundHolds == 0 else { return }
         lastReceive = loopNowMs(server.loop)
         if isOpen && !repliesHeld { stream.startReading() }
     }
+
+    func isHeld(_ reason: InboundHold) -> Bool { inboundHolds & reason.rawValue != 0 }
 
     // MARK: timers (called by the server's sweep)
 

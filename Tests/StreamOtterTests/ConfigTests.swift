@@ -24,6 +24,18 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try c.set("listen", "nope"))
     }
 
+    func testLimitsOnInFlightPublishesAndIncompleteMessages() throws {
+        var c = EngineConfig()
+        XCTAssertEqual(c.maxPublishesInFlight, 1024)
+        try c.set("limits.max_publishes_in_flight", "200")
+        XCTAssertEqual(c.maxPublishesInFlight, 200)
+        XCTAssertThrowsError(try c.set("limits.max_publishes_in_flight", "1")) { e in
+            XCTAssertTrue("\(e)".contains("limits.max_publishes_in_flight"))
+        }
+        try c.set("ws.max_inbound_buffered_bytes", "2097152")
+        XCTAssertThrowsError(try c.set("ws.max_inbound_buffered_bytes", "-5"))
+    }
+
     func testSecurityNumbersAreFiniteAndBounded() throws {
         // Values that cannot become integers (they trapped: UInt64(1e30), Int(inf)) are
         // configuration errors naming the key.

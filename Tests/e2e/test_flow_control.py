@@ -289,6 +289,64 @@ def test_full_producer_queue_holds_publishes_with_tcp_backpressure(gateways, dev
                    f"Kafka; a subscriber received all {len(sub_msgs)} meanwhile")
 
 
+def test_a_flooding_client_keeps_its_share_and_others_are_answered(gateways, dev_kafka, capsys):
+    """limits.max_publishes_in_flight=200 and 200 ms of broker RTT: a client that sends
+    4,000 publishes at once has at most its share (plus the requests of one read) handed
+    to Kafka unanswered; the gateway stops reading from it meanwhile (TCP backpressure).
+    Another client's publish is answered within a few round trips instead of behind the
+    flood, and every flooded publish is acknowledged once. (An adversarial run: five
+    flooders put another client's acks more than 3 s behind.)"""
+    topic = dev_kafka.topic(unique("fl"), 3)
+    gw = gateways.start("--set", "limits.max_publishes_in_flight=200")
+    n = 4000
+    dev_kafka.cmd("rtt -1 200")
+
+    async def go():
+        flood = await ws_connect(gw.url)
+        answers = {}
+
+        async def read():
+            async for raw in flood:
+                msg = json.loads(raw)
+                answers[msg["id"]] = msg
+                if len(answers) == n:
+                    return
+
+        reader = asyncio.ensure_future(read())
+        frames = [json.dumps({"op": "publish", "id": f"f{i}", "channel": topic, "data": {"i": i, "pad": "z" * 200}})
+                  for i in range(n)]
+        sender = asyncio.ensure_future(asyncio.gather(*(flood.send(f) for f in frames)))
+        peak = 0
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            peak = max(peak, metrics(gw)["publishes_in_flight"])
+            await asyncio.sleep(0.05)
+        other = await Client.connect(gw.url, name="other")
+        t0 = time.monotonic()
+        r = await other.call({"op": "publish", "channel": topic, "data": {"other": True}}, timeout=30)
+        other_ack = time.monotonic() - t0
+        assert r["op"] == "ack", r
+        await other.close()
+        await sender
+        await asyncio.wait_for(reader, 120)
+        await flood.close()
+        return answers, peak, other_ack
+
+    try:
+        answers, peak, other_ack = run(go(), 180)
+    finally:
+        dev_kafka.cmd("rtt -1 0")
+    assert len(answers) == n and all(a["op"] == "ack" for a in answers.values())
+    recs = kafka_records(gw.bootstrap, topic, n + 1)
+    ids = collections.Counter(h.get("streamotter-id") for *_, h in recs)
+    assert len(recs) == n + 1 and max(v for k, v in ids.items() if k) == 1
+    # 200 in flight, plus what one 64 KiB read of ~260-byte requests carries.
+    assert peak <= 200 + 300, f"{peak} publishes of one connection in flight"
+    report(capsys, f"a client flooding {n} publishes with limits.max_publishes_in_flight=200 and 200 ms "
+                   f"broker RTT: at most {int(peak)} in flight; another client's publish acked in "
+                   f"{other_ack * 1000:.0f} ms; all {n} acked, each once in Kafka")
+
+
 @pytest.mark.gateway(topics={"hb": 1}, args=["--set", "ws.ping_interval_ms=500"])
 def test_a_slow_large_message_is_not_cut_off_as_dead(gateway):
     """Any received byte counts as life: a 200 KB publish trickled over 3 s (3 x the idle
