@@ -71,11 +71,18 @@ def test_100k_publish_callbacks_poll_mode(gateway_process):
 
     Publishes are windowed (at most WINDOW unacknowledged): the library's client handles
     acks in O(publishes in flight) each (see the README's known issues), so 50,000 in
-    flight at once would take minutes rather than seconds."""
+    flight at once would take minutes rather than seconds.
+
+    Memory: callbacks wait in the poll queue until this thread polls, and malloc keeps
+    what a burst of them used, so RSS after a round moves by several MiB either way from
+    run to run (a comparison with the start failed about one run in two, with the library
+    of before and after this test changed; 8 rounds of 25,000 in a row stayed between 45
+    and 51 MiB). What must not grow is what stays: the publishes go in four rounds, and
+    the last must end within 8 MiB of the highest of the first two."""
     half = N // 2
     window = 1000
     got = {"msgs": 0, "acks": 0, "errs": 0}
-    seen = bytearray(half)
+    seen = bytearray(N)
 
     def on_msg(m):
         got["msgs"] += 1
@@ -93,23 +100,25 @@ def test_100k_publish_callbacks_poll_mode(gateway_process):
         rss = []
         t0 = time.perf_counter()
         deadline = time.monotonic() + 90
-        for i in range(half):
-            while i - (got["acks"] + got["errs"]) >= window and time.monotonic() < deadline:
+        rounds = 4
+        for r in range(rounds):
+            base = r * (half // rounds)
+            for i in range(base, base + half // rounds):
+                while i - (got["acks"] + got["errs"]) >= window and time.monotonic() < deadline:
+                    e.poll(0.05)
+                c.publish("sp", str(i), encoded=True, callback=on_ack)
+            end = base + half // rounds
+            while (got["acks"] + got["errs"] < end or got["msgs"] < end) and time.monotonic() < deadline:
                 e.poll(0.05)
-            c.publish("sp", str(i), encoded=True, callback=on_ack)
-            if i % 10_000 == 9_999:
-                rss.append(rss_bytes())
-        while (got["acks"] + got["errs"] < half or got["msgs"] < half) and time.monotonic() < deadline:
-            e.poll(0.05)
+            gc.collect()
+            rss.append(rss_bytes())
         elapsed = time.perf_counter() - t0
-        gc.collect()
-        rss.append(rss_bytes())
-        growth = rss[-1] - rss[0]
+        growth = rss[-1] - max(rss[:2])
         print(f"\npoll mode: {got['acks']} acks + {got['msgs']} messages = "
-              f"{got['acks'] + got['msgs']} callbacks in {elapsed:.2f} s; RSS (MiB) "
-              f"{[round(x / 2**20, 1) for x in rss]}, growth after the first 10,000: {growth / 2**20:.1f} MiB")
+              f"{got['acks'] + got['msgs']} callbacks in {elapsed:.2f} s; RSS (MiB) after each round "
+              f"{[round(x / 2**20, 1) for x in rss]}, last against the first two: {growth / 2**20:.1f} MiB")
         assert got["errs"] == 0 and got["acks"] == half
-        assert got["msgs"] == half and all(seen)
-        assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
+        assert got["msgs"] == half and all(seen[:half])
+        assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
         c.close()
     assert not any(True for _ in e._st.ids)
