@@ -288,8 +288,8 @@ final class WebSocketConnection: TCPStreamDelegate {
     }
 
     /// Stops reading from the socket (TCP backpressure on the peer) until
-    /// `releaseInbound` for every reason given. Requests already received are still delivered. The idle timeout
-    /// does not run meanwhile.
+    /// `releaseInbound` for every reason given. Requests already received are still
+    /// delivered. The idle timeout does not run meanwhile.
     func holdInbound(_ reason: InboundHold) {
         guard isOpen, inboundHolds & reason.rawValue == 0 else { return }
         let was = inboundHolds
@@ -511,8 +511,10 @@ final class WebSocketConnection: TCPStreamDelegate {
     /// later): per-connection limits alone let many connections that each stop just
     /// short of a complete 1 MiB message hold a GiB between them.
     private func accountInbound() {
-        var now = decoder.bufferedBytes
-        if case .closed = state { now = 0 }
+        // Only open connections count: a closing one is gone within ws.close_timeout_ms,
+        // and is not closed again for what it still sends.
+        var now = 0
+        if case .open = state { now = decoder.bufferedBytes }
         if now == inboundCounted { return }
         metrics.inboundBufferedBytes += now - inboundCounted
         inboundCounted = now
