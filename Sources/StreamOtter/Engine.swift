@@ -153,7 +153,8 @@ public final class Engine {
             for (name, n) in cfg.embeddedTopics { try e.createTopic(name, partitions: n) }
             cfg.kafka.insert(("bootstrap.servers", e.bootstrapServers), at: 0)
         }
-        if cfg.usesEmbeddedKafka || cfg.sharedEmbeddedKafka {
+        // Not cfg.usesEmbeddedKafka: the block above has just given cfg bootstrap servers.
+        if isEmbeddedKafka {
             // The mock cluster holds an empty fetch for the whole fetch.wait.max.ms even
             // when records arrive (a real broker answers as soon as there is data): keep
             // the wait short so deliveries are not delayed by up to 500 ms. A user's own
@@ -169,7 +170,7 @@ public final class Engine {
             let s = WebSocketServer(loop: loop, settings: try cfg.webSocketSettings())
             server = s
             let g = Gateway(loop: loop, server: s, producer: p, consumer: c, config: cfg)
-            g.kafkaDescription = embedded != nil || cfg.sharedEmbeddedKafka ? "embedded" : "external"
+            g.kafkaDescription = isEmbeddedKafka ? "embedded" : "external"
             if serverHooks.onConnect != nil || serverHooks.onMessage != nil || serverHooks.onClose != nil { g.hooks = self }
             try g.configureSecurity(customAuth: authHandler.map { CustomAuthenticator(loop: loop, handler: $0) },
                                     keyProvider: keyProvider)

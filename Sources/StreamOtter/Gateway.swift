@@ -129,7 +129,7 @@ final class Gateway: WebSocketServerDelegate {
     let producer: KafkaProducer
     let consumer: KafkaFanoutConsumer
     let config: EngineConfig
-    /// `limits.max_publishes_in_flight`, copied for the publish path.
+    /// `limits.max_publishes_in_flight`.
     var maxPublishesInFlight: Int { config.maxPublishesInFlight }
     var feeds: [TopicPartition: PartitionFeed] = [:]
     private var metricsGroup: MetricsGroup?
