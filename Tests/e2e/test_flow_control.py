@@ -213,6 +213,18 @@ def test_close_policy_sends_resume_positions_before_1008(gateway, capsys):
                    f"records with positions {positions}; resumed from them to all {n} exactly once")
 
 
+def collect_answers(ws, answers: dict, n: int) -> asyncio.Future:
+    """Reads `ws` into answers (request id -> reply) until it holds n; a running task."""
+    async def read():
+        async for raw in ws:
+            msg = json.loads(raw)
+            answers[msg["id"]] = msg
+            if len(answers) == n:
+                return
+
+    return asyncio.ensure_future(read())
+
+
 def test_full_producer_queue_holds_publishes_with_tcp_backpressure(gateways, dev_kafka, capsys):
     """kafka.producer.queue.buffering.max.messages=200 and 50 ms of broker RTT: the
     producer queue fills. The gateway holds the publish that did not fit, stops reading
@@ -229,15 +241,7 @@ def test_full_producer_queue_holds_publishes_with_tcp_backpressure(gateways, dev
         ws = await ws_connect(gw.url)
         answers = {}
         blocked = 0.0
-
-        async def read():
-            async for raw in ws:
-                msg = json.loads(raw)
-                answers[msg["id"]] = msg
-                if len(answers) == per:
-                    return
-
-        reader = asyncio.ensure_future(read())
+        reader = collect_answers(ws, answers, per)
         for i in range(per):
             t = time.monotonic()
             await ws.send(json.dumps({"op": "publish", "id": f"c{k}-{i}", "channel": topic,
@@ -304,15 +308,7 @@ def test_a_flooding_client_keeps_its_share_and_others_are_answered(gateways, dev
     async def go():
         flood = await ws_connect(gw.url)
         answers = {}
-
-        async def read():
-            async for raw in flood:
-                msg = json.loads(raw)
-                answers[msg["id"]] = msg
-                if len(answers) == n:
-                    return
-
-        reader = asyncio.ensure_future(read())
+        reader = collect_answers(flood, answers, n)
         frames = [json.dumps({"op": "publish", "id": f"f{i}", "channel": topic, "data": {"i": i, "pad": "z" * 200}})
                   for i in range(n)]
         sender = asyncio.ensure_future(asyncio.gather(*(flood.send(f) for f in frames)))
