@@ -293,6 +293,15 @@ class Client:
                 pass
 
 
+async def messages_from_earliest(url: str, topic: str, n: int, timeout: float = 30) -> list[dict]:
+    """The first n message frames of a subscription to `topic` from its earliest record."""
+    c = await Client.connect(url)
+    await c.subscribe(topic, "earliest")
+    await c.wait_messages(n, timeout)
+    await c.close()
+    return c.messages
+
+
 def message_value(msg: dict):
     """(kind, value) of a delivered message: kind in data/text/base64."""
     kinds = [k for k in ("data", "text", "base64") if k in msg]

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from conftest import run
-from e2e_helpers import Client, RawWS, http_exchange, kcat_consume, kcat_produce, recv_json_frame
+from e2e_helpers import (Client, RawWS, http_exchange, kcat_consume, kcat_produce, messages_from_earliest,
+                         recv_json_frame)
 from test_subscribe import assert_exact_stream
 
 
@@ -136,11 +137,4 @@ def test_backlog_larger_than_buffer_bound_replays_to_a_reader_that_keeps_up(gate
     recs = kcat_consume(gateway.bootstrap, topic, expect=n)
     assert len(recs) == n
 
-    async def go():
-        c = await Client.connect(gateway.url)
-        await c.subscribe(topic, "earliest")
-        await c.wait_messages(n, 60)
-        await c.close()
-        return c.messages
-
-    assert_exact_stream(run(go(), 90), recs, topic)
+    assert_exact_stream(run(messages_from_earliest(gateway.url, topic, n, 60), 90), recs, topic)

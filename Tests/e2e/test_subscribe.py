@@ -9,7 +9,8 @@ import time
 import pytest
 
 from conftest import run
-from e2e_helpers import Client, Record, kcat_consume, kcat_produce, message_value, message_value_bytes, ws_connect
+from e2e_helpers import (Client, Record, kcat_consume, kcat_produce, message_value, message_value_bytes,
+                         messages_from_earliest, ws_connect)
 
 QUIET = 0.5  # seconds of silence that "exactly N" checks wait for after the Nth message
 
@@ -251,18 +252,6 @@ def test_subscribe_from_past_timestamp(gateway):
     assert_exact_stream(msgs, second, topic)
 
 
-def messages_from_earliest(gateway, topic: str, n: int) -> list[dict]:
-    """The first n message frames of a subscription to `topic` from the earliest record."""
-    async def go():
-        c = await Client.connect(gateway.url)
-        await c.subscribe(topic, "earliest")
-        await c.wait_messages(n, 30)
-        await c.close()
-        return c.messages
-
-    return run(go(), 60)
-
-
 def test_repeated_header_names_arrive_as_arrays_and_are_refused_on_publish(gateway):
     """Kafka allows a header name more than once (confluent-kafka writes such a record
     here); the message frame must not repeat a JSON member, which most parsers would read
@@ -275,7 +264,7 @@ def test_repeated_header_names_arrive_as_arrays_and_are_refused_on_publish(gatew
     p.produce(topic, value=b"1", key=b"k", headers=[("x", b"1"), ("y", b"a"), ("x", b"2"), ("x", b"\xff")])
     assert p.flush(30) == 0
 
-    msgs = messages_from_earliest(gateway, topic, 1)
+    msgs = run(messages_from_earliest(gateway.url, topic, 1), 60)
     m = msgs[0]
     assert m["headers"] == {"x": ["1", "2"], "y": "a"}, m
     assert m["headers_base64"] == {"x": base64.b64encode(b"\xff").decode()}, m
@@ -304,7 +293,7 @@ def test_value_rendering_data_text_base64(gateway):
     recs = kcat_consume(b, topic, expect=12)
     assert len(recs) == 12
 
-    msgs = messages_from_earliest(gateway, topic, 12)
+    msgs = run(messages_from_earliest(gateway.url, topic, 12), 60)
     got = [message_value(m) for m in msgs]
     assert got[:10] == [
         ("data", {"a": 1, "b": [True, None]}), ("data", [1, 2]), ("data", 42), ("data", "quoted"),
